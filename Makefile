@@ -1,0 +1,18 @@
+# The two commands of the README. Each does its own set-up.
+PYTHON ?= python
+
+.PHONY: install smoke smoke-dag test
+
+install:
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+# The whole DAG offline on CPU at smoke scale: switches this working copy's params.yaml to
+# params.smoke.yaml (`git checkout params.yaml` returns to the paper-scale study).
+smoke: install smoke-dag
+
+smoke-dag:
+	cp params.smoke.yaml params.yaml
+	dvc repro
+
+test: install
+	$(PYTHON) -m pytest -q

@@ -1,0 +1,1 @@
+"""Few-shot personalization of Stable Diffusion on DreamBench, and augmentation against overfitting."""

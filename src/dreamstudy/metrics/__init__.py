@@ -1,0 +1,1 @@
+"""DreamBench evaluation: CLIP/DINO encoders, similarity scores, per-image scores and their means."""

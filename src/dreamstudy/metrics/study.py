@@ -1,0 +1,90 @@
+"""The evaluate stage's inputs and outputs: DreamBench references, every run's samples, results/metrics/."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dreamstudy.io import atomic_dir, read_jsonl, write_json
+from dreamstudy.metrics.encoders import load_encoders
+from dreamstudy.metrics.evaluate import SAMPLE_KEYS, aggregate, check_references, evaluate_samples, require_keys
+
+
+@dataclass
+class StudyMetrics:
+    per_image: pd.DataFrame
+    per_prompt: pd.DataFrame
+    per_subject: pd.DataFrame
+    summary: dict
+    encoders: dict
+
+
+def read_references(dataset_dir: str | Path) -> dict[str, list[Path]]:
+    """Subject -> its real images, from data/dreambench/manifest.json (written by fetch_data)."""
+    dataset_dir = Path(dataset_dir)
+    manifest_path = dataset_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        references = {subject["name"]: [dataset_dir / entry["file"] for entry in subject["files"]]
+                      for subject in manifest["subjects"]}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{manifest_path}: no such file (run the fetch_data stage first)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{manifest_path}: not a DreamBench manifest "
+                         f"({{'subjects': [{{'name', 'files': [{{'file'}}]}}]}}): {err!r}") from None
+    absent = [str(path) for paths in references.values() for path in paths if not path.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{manifest_path} lists {len(absent)} missing image(s), e.g. {absent[:3]}")
+    return references
+
+
+def read_samples(samples_root: str | Path) -> list[dict]:
+    """Rows of every {method}/{strategy}/{subject}/samples.jsonl, each with the image's absolute "path"."""
+    samples_root = Path(samples_root)
+    files = sorted(samples_root.glob("*/*/*/samples.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no samples: nothing matches {samples_root}/<method>/<strategy>/<subject>/"
+                                "samples.jsonl (run the sample stage first)")
+    samples = []
+    for file in files:
+        try:
+            rows = read_jsonl(file)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file}: not valid JSON lines: {err}") from None
+        if not rows:
+            raise ValueError(f"{file}: no sample rows")
+        folder = dict(zip(("method", "strategy", "subject"), file.parent.relative_to(samples_root).parts))
+        for line, row in enumerate(rows, start=1):
+            require_keys(row, SAMPLE_KEYS, f"{file}:{line}")
+            # A row filed under another run's folder would silently mix runs in the means.
+            mismatched = {key: row[key] for key, value in folder.items() if row[key] != value}
+            if mismatched:
+                raise ValueError(f"{file}:{line}: {mismatched} disagrees with the folder {folder}")
+            samples.append({**row, "path": str((file.parent / row["file"]).resolve())})
+    return samples
+
+
+def evaluate_study(dataset_dir: str | Path, samples_root: str | Path, pretrained: bool,
+                   batch_size: int, seed: int) -> StudyMetrics:
+    """Score every sampled image of the study against its subject's DreamBench references."""
+    # Inputs are checked before the encoders load, so a broken tree fails in seconds, not minutes.
+    samples = read_samples(samples_root)
+    references = read_references(dataset_dir)
+    check_references(samples, references)
+    encoders = load_encoders(pretrained, device="cuda" if torch.cuda.is_available() else "cpu", seed=seed)
+    per_image = evaluate_samples(samples, references, encoders, batch_size)
+    per_prompt, per_subject, summary = aggregate(per_image)
+    return StudyMetrics(per_image, per_prompt, per_subject, summary, encoders.describe())
+
+
+def write_metrics(out_dir: str | Path, metrics: StudyMetrics) -> None:
+    """results/metrics/ appears whole: the three CSVs, summary.json (DVC metrics) and encoders.json."""
+    with atomic_dir(out_dir) as tmp:
+        for name in ("per_image", "per_prompt", "per_subject"):
+            getattr(metrics, name).to_csv(tmp / f"{name}.csv", index=False)
+        write_json(tmp / "summary.json", metrics.summary)
+        write_json(tmp / "encoders.json", metrics.encoders)

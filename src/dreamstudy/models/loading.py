@@ -1,0 +1,151 @@
+"""Turn `model.pretrained` (hub id, local diffusers folder, or "tiny") into loaded SD 1.x components.
+
+Weights only ever come from safetensors files (never unpickled), and every way they can fail to load
+(offline, unknown or gated id) ends in one `ModelLoadError` that says how to get them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from huggingface_hub.errors import HFValidationError
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from dreamstudy.models import tiny
+
+TINY = "tiny"
+TINY_SEED = 0
+# Bump when build_tiny_pipeline changes in a way its ARCHITECTURE does not show.
+TINY_BUILD_VERSION = 1
+# Their versions can change the tiny model's bytes (init, serialisation, vocabulary).
+TINY_LIBRARIES = ("torch", "diffusers", "transformers", "open_clip_torch")
+
+
+class ModelLoadError(RuntimeError):
+    """The pretrained model named in params.yaml cannot be found or loaded."""
+
+
+@dataclass
+class Components:
+    """What LoRA training needs from a pretrained SD 1.x model."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+
+
+def cache_dir() -> Path:
+    """Where built models live: outside the repository, so DVC never tracks them."""
+    return Path(os.environ.get("DREAMSTUDY_CACHE", "~/.cache/dreamstudy")).expanduser()
+
+
+def tiny_fingerprint() -> str:
+    """Hash of everything that decides the tiny model's bytes, so a change gets a fresh folder."""
+    recipe = {
+        "build": TINY_BUILD_VERSION,
+        "seed": TINY_SEED,
+        "architecture": tiny.ARCHITECTURE,
+        "libraries": {name: version(name) for name in TINY_LIBRARIES},
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tiny_folder() -> Path:
+    """The tiny pipeline's folder, built on first use.
+
+    Built in a temporary sibling and renamed into place: the rename is atomic, so the folder is either
+    complete or absent, and of two concurrent builders the later one finds it taken and discards its copy.
+    """
+    folder = cache_dir() / f"tiny-{tiny_fingerprint()}"
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        tiny.build_tiny_pipeline(build, seed=TINY_SEED)
+        os.rename(build, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return folder
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    # Hub ids are "name" or "owner/name": a leading /, . or ~, or a second slash, means a folder.
+    return pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1
+
+
+def resolve_pretrained(pretrained: str) -> str:
+    """Map "tiny" to its cached folder, a local folder to itself (checked), anything else to a hub id."""
+    if pretrained == TINY:
+        return str(tiny_folder())
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{path}: not a diffusers pipeline folder (no model_index.json); "
+                "save one with StableDiffusionPipeline.save_pretrained or point model.pretrained elsewhere"
+            )
+        return str(path)
+    if _looks_like_path(pretrained):
+        raise ModelLoadError(f"{pretrained}: no such folder (model.pretrained)")
+    return pretrained
+
+
+@contextlib.contextmanager
+def _explain_load_failure(pretrained: str) -> Iterator[None]:
+    """Re-raise hub and file errors as a ModelLoadError that says how to get the weights."""
+    try:
+        yield
+    except (OSError, HFValidationError) as err:
+        raise ModelLoadError(
+            f"cannot load Stable Diffusion weights '{pretrained}' ({type(err).__name__}: {err}).\n"
+            "To get them, do one of:\n"
+            "  - connect to the internet: the first run downloads them into the Hugging Face cache;\n"
+            "  - for a gated model, log in with `hf auth login` and accept its licence on its hub page;\n"
+            "  - set HF_HOME to a Hugging Face cache that already holds them;\n"
+            "  - set model.pretrained to a local diffusers folder (one with model_index.json);\n"
+            "  - or set `model.pretrained: tiny` for the built-in offline random-init smoke model."
+        ) from err
+
+
+def load_pipeline(
+    pretrained: str, *, torch_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> StableDiffusionPipeline:
+    """The full text-to-image pipeline, without safety checker, on `device`."""
+    source = resolve_pretrained(pretrained)
+    with _explain_load_failure(pretrained):
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    return pipeline.to(device)
+
+
+def load_components(pretrained: str) -> Components:
+    """The parts LoRA training uses (float32, CPU); DDPM is the scheduler for the noising process."""
+    source = resolve_pretrained(pretrained)
+    weights = dict(use_safetensors=True)
+    with _explain_load_failure(pretrained):
+        return Components(
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **weights),
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights),
+            noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler"),
+        )

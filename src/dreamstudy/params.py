@@ -1,0 +1,168 @@
+"""The one schema of params.yaml, read and validated by every stage before any model loads.
+
+Each section is a pydantic model: types, ranges and enums live here, with a line of documentation
+per key. `load_params` turns any violation into a `ParamsError` naming the key and the valid values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dreamstudy.data.dreambench import SUBJECTS
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+METHODS = ("lora",)
+STRATEGIES = ("none", "classic")
+SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
+SOURCES = ("github", "local", "embedded")
+DREAMBENCH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
+
+
+class ParamsError(ValueError):
+    """params.yaml (or a -S override) does not fit the schema."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DataParams(Section):
+    source: Literal[SOURCES] = Field("github", description="where DreamBench comes from")
+    local_path: str | None = Field(None, description="folder with the dataset's layout (source: local)")
+    subjects: list[str] = Field(description="DreamBench subjects of the study (DAG shape)")
+    image_size: PositiveInt = Field(512, description="side of the normalised square images, px")
+    prompts_per_subject: Annotated[int, Field(ge=1, le=25)] = Field(
+        25, description="first N of each subject's 25 DreamBench prompts")
+
+    @field_validator("subjects")
+    @classmethod
+    def _known_subjects(cls, subjects: list[str]) -> list[str]:
+        unknown = [s for s in subjects if s not in SUBJECTS]
+        if unknown:
+            raise ValueError(f"unknown subject(s) {unknown}; valid: {sorted(SUBJECTS)}")
+        if not subjects or len(set(subjects)) != len(subjects):
+            raise ValueError("must be a non-empty list without repeats")
+        return subjects
+
+    @model_validator(mode="after")
+    def _local_needs_path(self) -> "DataParams":
+        if self.source == "local" and not self.local_path:
+            raise ValueError("data.local_path is required when data.source is 'local'")
+        return self
+
+
+class ModelParams(Section):
+    pretrained: str = Field(description="hub id, local diffusers folder, or 'tiny' (built-in random-init)")
+    resolution: PositiveInt = Field(512, description="training and sampling resolution, px")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8")
+        return value
+
+
+class AugParams(Section):
+    strategies: list[Literal[STRATEGIES]] = Field(description="augmentation strategies of the study (DAG shape)")
+    strength: Annotated[float, Field(ge=0, le=1)] = Field(description="0 = originals, 1 = strongest")
+    num_per_image: Annotated[int, Field(ge=0)] = Field(4, description="augmented images per original")
+
+
+class LoraParams(Section):
+    rank: PositiveInt = Field(4, description="LoRA rank r")
+    alpha: PositiveFloat = Field(4.0, description="LoRA alpha (scale = alpha / rank)")
+    lr: PositiveFloat = Field(1e-4, description="AdamW learning rate")
+    steps: PositiveInt = Field(500, description="optimizer steps")
+    batch_size: PositiveInt = Field(1, description="instance images per step")
+
+
+class TrainParams(Section):
+    methods: list[Literal[METHODS]] = Field(description="personalization methods of the study (DAG shape)")
+    identifier: str = Field("sks", description="rare token that names the subject")
+    lora: LoraParams = LoraParams()
+
+    @field_validator("identifier")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        if not value or len(value.split()) != 1:
+            raise ValueError("must be a single word")
+        return value
+
+
+class SampleParams(Section):
+    images_per_prompt: PositiveInt = Field(4, description="images per prompt (DreamBench: 4)")
+    num_inference_steps: PositiveInt = Field(50, description="denoising steps")
+    guidance_scale: Annotated[float, Field(ge=0)] = Field(7.5, description="classifier-free guidance scale")
+    scheduler: Literal[SCHEDULERS] = Field("ddim", description="diffusers scheduler")
+    batch_size: PositiveInt = Field(4, description="images per pipeline call")
+
+
+class EvalParams(Section):
+    pretrained_encoders: bool = Field(True, description="real CLIP/DINO weights; false = random init, labelled")
+    batch_size: PositiveInt = Field(32, description="images per encoder call")
+
+
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)] = Field(description="root of every random choice")
+    data: DataParams
+    model: ModelParams
+    aug: AugParams
+    train: TrainParams
+    sample: SampleParams
+    eval: EvalParams
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: missing"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_params(raw: dict, source: str = "params.yaml") -> Params:
+    # YAML reads 1e-4 as a string; accept numbers written that way, nothing looser.
+    try:
+        return Params.model_validate(_floats_from_strings(raw))
+    except ValidationError as err:
+        lines = "\n  ".join(_describe(e) for e in err.errors())
+        raise ParamsError(f"{source} does not fit the schema:\n  {lines}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return validate_params(raw, str(path))
+
+
+def _floats_from_strings(node):
+    if isinstance(node, dict):
+        return {k: _floats_from_strings(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_floats_from_strings(v) for v in node]
+    if isinstance(node, str) and _looks_like_exponent(node):
+        return float(node)
+    return node
+
+
+def _looks_like_exponent(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "e" in text.lower() and not text.lower().startswith(("inf", "nan"))

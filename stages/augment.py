@@ -1,0 +1,20 @@
+"""DVC stage `augment`: one subject's training set under one augmentation strategy."""
+
+from dreamstudy.augment import augment_subject
+from dreamstudy.augment.dataset import instance_caption
+from dreamstudy.cli import stage_args
+from dreamstudy.data.fetch import load_dataset
+from dreamstudy.seeding import derive_seed
+
+
+def main(argv=None) -> None:
+    args, p = stage_args(__doc__, ("subject", "strategy"), argv)
+    subject = load_dataset("data/dreambench").subjects[args.subject]
+    augment_subject(subject.images, strategy=args.strategy, strength=p.aug.strength,
+                    num_per_image=p.aug.num_per_image, seed=derive_seed(p.seed, "augment", args.subject),
+                    caption=instance_caption(p.train.identifier, subject.class_name),
+                    out_dir=f"data/augmented/{args.strategy}/{args.subject}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The params schema stops bad values before any model loads, naming the key and the valid values."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dreamstudy.params import ParamsError, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke() -> dict:
+    return yaml.safe_load((ROOT / "params.smoke.yaml").read_text())
+
+
+def with_change(raw: dict, dotted: str, value) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def test_committed_params_files_are_valid():
+    paper = load_params(ROOT / "params.yaml")
+    assert paper.model.pretrained == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert len(paper.data.subjects) == 30 and paper.train.lora.lr == 1e-4
+    assert load_params(ROOT / "params.smoke.yaml").model.pretrained == "tiny"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("aug.strength", 1.5, "aug.strength"),
+    ("aug.strength", -0.1, "aug.strength"),
+    ("train.lora.lr", 0.0, "train.lora.lr"),
+    ("train.lora.lr", -1e-4, "train.lora.lr"),
+    ("train.lora.steps", 0, "train.lora.steps"),
+    ("train.lora.steps", "ten", "train.lora.steps"),
+    ("train.lora.rank", 0, "train.lora.rank"),
+    ("data.subjects", ["dog", "unicorn"], "unicorn"),
+    ("train.methods", ["lora", "magic"], "train.methods"),
+    ("aug.strategies", ["none", "cutout"], "aug.strategies"),
+    ("sample.scheduler", "heun", "sample.scheduler"),
+    ("model.resolution", 30, "model.resolution"),
+    ("data.source", "ftp", "data.source"),
+])
+def test_bad_values_name_the_key(smoke, key, value, message):
+    with pytest.raises(ParamsError, match=message.replace(".", r"\.")):
+        validate_params(with_change(smoke, key, value))
+
+
+def test_errors_list_the_valid_values(smoke):
+    with pytest.raises(ParamsError, match="classic"):
+        validate_params(with_change(smoke, "aug.strategies", ["cutout"]))
+    with pytest.raises(ParamsError, match="backpack_dog"):
+        validate_params(with_change(smoke, "data.subjects", ["unicorn"]))
+
+
+def test_unknown_and_missing_keys(smoke):
+    with pytest.raises(ParamsError, match=r"aug\.strenght: unknown key"):
+        validate_params(with_change(smoke, "aug.strenght", 0.5))
+    raw = copy.deepcopy(smoke)
+    del raw["train"]["methods"]
+    with pytest.raises(ParamsError, match=r"train\.methods: missing"):
+        validate_params(raw)
+
+
+def test_local_source_needs_a_path(smoke):
+    with pytest.raises(ParamsError, match="local_path"):
+        validate_params(with_change(smoke, "data.source", "local"))
+
+
+def test_stage_stops_before_loading_anything(tmp_path, smoke):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_change(smoke, "aug.strength", 2.0)))
+    run = subprocess.run([sys.executable, "stages/train.py", "--params", str(bad), "--subject", "dog",
+                          "--method", "lora", "--strategy", "none"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "aug.strength" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_stage_rejects_an_item_outside_the_grid(tmp_path, smoke):
+    good = tmp_path / "params.yaml"
+    good.write_text(yaml.safe_dump(smoke))
+    run = subprocess.run([sys.executable, "stages/augment.py", "--params", str(good), "--subject", "cat",
+                          "--strategy", "none"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and "--subject 'cat'" in run.stderr

@@ -1,0 +1,90 @@
+"""Training and sampling on the tiny model: the LoRA loads into a stock pipeline and changes its output,
+CPU training is bit-reproducible, and each sample depends on its own seed only."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from dreamstudy.data.dreambench import SUBJECTS
+from dreamstudy.io import read_jsonl
+from dreamstudy.methods import get_method
+from dreamstudy.methods.trainer import train
+from dreamstudy.models.loading import load_components, resolve_pretrained
+from dreamstudy.params import LoraParams, TrainParams
+from dreamstudy.sampling.sample import SampleSpec, generate
+
+RESOLUTION = 32
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        path = folder / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return [(p, "a photo of sks dog") for p in paths]
+
+
+def train_lora(examples, out, seed=0, steps=4):
+    params = TrainParams(methods=["lora"], lora=LoraParams(rank=4, alpha=4.0, lr=1e-2, steps=steps, batch_size=2))
+    method, schedule = get_method("lora", params)
+    parts = load_components("tiny")
+    losses = []
+    train(method, schedule, parts, examples, resolution=RESOLUTION, seed=seed,
+          log=lambda step, loss: losses.append(loss))
+    out.mkdir()
+    method.save(parts, out)
+    return losses
+
+
+@pytest.fixture(scope="module")
+def lora_dir(examples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "weights"
+    losses = train_lora(examples, out)
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    return out
+
+
+def render(pipe, seed=0):
+    return pipe("a photo of sks dog", height=RESOLUTION, width=RESOLUTION, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+
+def test_lora_loads_into_a_stock_pipeline_and_changes_output(lora_dir):
+    weights = load_file(lora_dir / "pytorch_lora_weights.safetensors")
+    assert weights and all("lora" in key for key in weights)
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_pretrained("tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    before = render(pipe)
+    pipe.load_lora_weights(lora_dir)
+    after = render(pipe)
+    assert np.abs(after - before).max() > 1e-3
+
+
+def test_cpu_training_is_bit_reproducible(examples, lora_dir, tmp_path):
+    train_lora(examples, tmp_path / "again")
+    digest = lambda d: hashlib.sha256((d / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()
+    assert digest(tmp_path / "again") == digest(lora_dir)
+
+
+def test_each_image_depends_on_its_own_seed_only(tmp_path):
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_pretrained("tiny"))
+    specs = [SampleSpec("dog", 0, "recontextualization", "a sks dog in the snow", k, 100 + k, f"p00_{k}.png")
+             for k in range(3)]
+    for batch_size in (1, 3):
+        generate(pipe, specs, tmp_path / f"b{batch_size}", resolution=RESOLUTION, num_inference_steps=2,
+                 guidance_scale=7.5, batch_size=batch_size, extra={"class": SUBJECTS["dog"], "method": "lora"})
+    for spec in specs:
+        one, three = (np.asarray(Image.open(tmp_path / f"b{b}" / spec.file)) for b in (1, 3))
+        assert np.array_equal(one, three)
+    rows = read_jsonl(tmp_path / "b3" / "samples.jsonl")
+    assert [r["seed"] for r in rows] == [100, 101, 102] and rows[0]["class"] == "dog"
+    assert not np.array_equal(*(np.asarray(Image.open(tmp_path / "b1" / f"p00_{k}.png")) for k in (0, 1)))
