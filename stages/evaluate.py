@@ -1,24 +1,17 @@
-"""Stage evaluate: DINO, CLIP-I and CLIP-T of every sampled image -> results/metrics/."""
+"""DVC stage `evaluate`: DINO, CLIP-I and CLIP-T of every image of the study's grid -> results/metrics/."""
 
-from __future__ import annotations
+import itertools
 
-import argparse
-from pathlib import Path
-
+from dreamstudy.cli import stage_args
 from dreamstudy.metrics.study import evaluate_study, write_metrics
-from dreamstudy.params import load_params
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="study parameters (eval section)")
-    parser.add_argument("--dataset", type=Path, default=Path("data/dreambench"), help="fetch_data output")
-    parser.add_argument("--samples", type=Path, default=Path("results/samples"), help="sample stage outputs")
-    parser.add_argument("--out", type=Path, default=Path("results/metrics"), help="metrics folder")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    metrics = evaluate_study(args.dataset, args.samples, pretrained=params.eval.pretrained_encoders,
-                             batch_size=params.eval.batch_size, seed=params.seed)
+def main(argv=None) -> None:
+    args, p = stage_args(__doc__, argv=argv, paths={"dataset": "data/dreambench", "samples": "results/samples",
+                                                     "out": "results/metrics"})
+    runs = list(itertools.product(p.train.methods, p.aug.strategies, p.data.subjects))
+    metrics = evaluate_study(args.dataset, args.samples, runs, pretrained=p.eval.pretrained_encoders,
+                             batch_size=p.eval.batch_size, seed=p.seed)
     write_metrics(args.out, metrics)
 
 

@@ -22,7 +22,7 @@ from dreamstudy.data.checksums import read_sha256_list, write_sha256_list
 from dreamstudy.data.dreambench import SUBJECTS, DataError, parse_prompts_and_classes
 from dreamstudy.data.fetch import fetch_dreambench, load_dataset
 from dreamstudy.data.github import ARCHIVE_ROOT
-from dreamstudy.params import DREAMBENCH_COMMIT, ParamsError
+from dreamstudy.params import DREAMBENCH_COMMIT
 
 SIZE = 32  # small normalised images keep every fetch well under a second
 SHARED = Path("/work/shared/dreambench")
@@ -328,6 +328,6 @@ def test_stage_fetches_all_subjects(tmp_path, monkeypatch):
 def test_stage_reads_params_before_fetching(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source="local")  # no local_path
-    with pytest.raises(ParamsError, match="local_path"):
+    with pytest.raises(SystemExit, match="local_path"):
         load_stage().main(["--params", "params.yaml"])
     assert not (tmp_path / "data").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import write_jsonl
 from dreamstudy.metrics import study
 from dreamstudy.metrics.encoders import EncoderLoadError, load_encoders
@@ -45,7 +47,7 @@ def save(image: Image.Image, path: Path) -> Path:
 
 def sample_row(path: Path, prompt: str, subject: str = "dog", image_index: int = 0, prompt_index: int = 0,
                method: str = "lora", strategy: str = "none") -> dict:
-    return {"subject": subject, "class": "dog", "method": method, "strategy": strategy,
+    return {"subject": subject, "class": SUBJECTS[subject], "method": method, "strategy": strategy,
             "prompt_index": prompt_index, "prompt_kind": "recontextualization", "prompt": prompt,
             "identifier": "sks", "image_index": image_index, "seed": image_index, "file": path.name,
             "path": str(path)}
@@ -132,7 +134,8 @@ def test_aggregate_means_on_hand_made_frame():
     per_prompt, per_subject, summary = aggregate(per_image)
 
     dog_prompt0 = per_prompt.query("strategy == 'none' and subject == 'dog' and prompt_index == 0").iloc[0]
-    assert (dog_prompt0.dino, dog_prompt0.clip_i, dog_prompt0.n_images) == (pytest.approx(0.3), pytest.approx(0.6), 2)
+    assert dog_prompt0.dino == pytest.approx(0.3) and dog_prompt0.clip_i == pytest.approx(0.6)
+    assert dog_prompt0.n_images == 2 and dog_prompt0.prompt_kind == "property"
     assert len(per_prompt) == 4
 
     dog = per_subject.query("strategy == 'none' and subject == 'dog'").iloc[0]
@@ -175,12 +178,12 @@ def make_study_tree(root: Path) -> None:
     dataset = root / "data" / "dreambench"
     subjects = {"dog": [noise(10), noise(11)], "backpack": [solid((30, 160, 60))]}
     manifest = {"subjects": [
-        {"name": name, "class": name, "kind": "object",
+        {"name": name, "class": SUBJECTS[name], "kind": "live" if name == "dog" else "object",
          "files": [{"file": str(save(image, dataset / "images" / name / f"{i:02d}.png").relative_to(dataset))}
                    for i, image in enumerate(images)]}
         for name, images in subjects.items()]}
     (dataset / "manifest.json").write_text(json.dumps(manifest))
-    for strategy, subject in (("none", "dog"), ("classic", "backpack")):
+    for strategy, subject in itertools.product(("none", "classic"), ("dog", "backpack")):
         folder = root / "results" / "samples" / "lora" / strategy / subject
         rows = []
         for index, image in enumerate([subjects[subject][0], noise(20)]):
@@ -205,11 +208,11 @@ def test_stage_writes_all_metrics(encoders, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == [
         "encoders.json", "per_image.csv", "per_prompt.csv", "per_subject.csv", "summary.json"]
     per_image = pd.read_csv(out / "per_image.csv")
-    assert len(per_image) == 4 and list(per_image.columns) == list(PER_IMAGE_COLUMNS)
+    assert len(per_image) == 8 and list(per_image.columns) == list(PER_IMAGE_COLUMNS)
     first_of_dog = per_image.query("subject == 'dog' and image_index == 0").iloc[0]
     assert first_of_dog.clip_i < 1  # a copy of one of two distinct references
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["lora"]) == {"none", "classic"} and summary["lora"]["none"]["n_images"] == 2
+    assert set(summary["lora"]) == {"none", "classic"} and summary["lora"]["none"]["n_images"] == 4
     assert json.loads((out / "encoders.json").read_text()) == {
         "pretrained": False, "clip": "ViT-B-32 (random init)", "dino": "vit_small_patch16_224 (random init)"}
 

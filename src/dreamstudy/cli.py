@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dreamstudy.params import ParamsError, Params, load_params
 
@@ -15,12 +16,18 @@ ITEMS = {
 }
 
 
-def stage_args(description: str, items: tuple[str, ...] = (), argv=None) -> tuple[argparse.Namespace, Params]:
-    """Parse the stage's arguments and params.yaml; exit with a message naming the bad key or item."""
+def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
+               paths: dict[str, str] | None = None) -> tuple[argparse.Namespace, Params]:
+    """Parse the stage's arguments and params.yaml; exit with a message naming the bad key or item.
+
+    `items` name the grid cell the stage works on (--subject ...); `paths` are folders with defaults.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     for item in items:
         parser.add_argument(f"--{item}", required=True)
+    for name, default in (paths or {}).items():
+        parser.add_argument(f"--{name}", type=Path, default=Path(default), help=f"default: {default}")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)

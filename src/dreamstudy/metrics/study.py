@@ -42,13 +42,16 @@ def read_references(dataset_dir: str | Path) -> dict[str, list[Path]]:
     return references
 
 
-def read_samples(samples_root: str | Path) -> list[dict]:
-    """Rows of every {method}/{strategy}/{subject}/samples.jsonl, each with the image's absolute "path"."""
+def read_samples(samples_root: str | Path, runs: list[tuple[str, str, str]]) -> list[dict]:
+    """Rows of each run's {method}/{strategy}/{subject}/samples.jsonl, each with the image's absolute "path".
+
+    Only the runs of the study's grid are read: folders left by an earlier grid are not part of it.
+    """
     samples_root = Path(samples_root)
-    files = sorted(samples_root.glob("*/*/*/samples.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"no samples: nothing matches {samples_root}/<method>/<strategy>/<subject>/"
-                                "samples.jsonl (run the sample stage first)")
+    files = [samples_root / method / strategy / subject / "samples.jsonl" for method, strategy, subject in runs]
+    absent = [str(file) for file in files if not file.is_file()]
+    if absent:
+        raise FileNotFoundError(f"no samples: {absent[:3]} missing (run the sample stage first)")
     samples = []
     for file in files:
         try:
@@ -68,11 +71,11 @@ def read_samples(samples_root: str | Path) -> list[dict]:
     return samples
 
 
-def evaluate_study(dataset_dir: str | Path, samples_root: str | Path, pretrained: bool,
-                   batch_size: int, seed: int) -> StudyMetrics:
-    """Score every sampled image of the study against its subject's DreamBench references."""
+def evaluate_study(dataset_dir: str | Path, samples_root: str | Path, runs: list[tuple[str, str, str]],
+                   pretrained: bool, batch_size: int, seed: int) -> StudyMetrics:
+    """Score every sampled image of the runs (method, strategy, subject) against the subject's references."""
     # Inputs are checked before the encoders load, so a broken tree fails in seconds, not minutes.
-    samples = read_samples(samples_root)
+    samples = read_samples(samples_root, runs)
     references = read_references(dataset_dir)
     check_references(samples, references)
     encoders = load_encoders(pretrained, device="cuda" if torch.cuda.is_available() else "cpu", seed=seed)
