@@ -21,7 +21,7 @@ def main(argv=None) -> None:
              num_inference_steps=p.sample.num_inference_steps, guidance_scale=p.sample.guidance_scale,
              batch_size=p.sample.batch_size,
              extra={"class": subject.class_name, "method": args.method, "strategy": args.strategy,
-                    "identifier": p.train.identifier})
+                    "identifier": p.train.identifier, "model": p.model.pretrained})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from PIL import Image
 from dreamstudy.io import write_json, write_jsonl
 from dreamstudy.report import ResultsError, load_results, write_report
 from dreamstudy.report.figures import dino_vs_clip_t_figure, metrics_figure, samples_figure
-from dreamstudy.report.load import RANDOM_INIT_LABEL
+from dreamstudy.report.load import RANDOM_INIT_LABEL, TINY_MODEL_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECTS = {"dog": "dog", "backpack": "backpack"}
@@ -30,7 +30,8 @@ EXPECTED_FILES = {f"figures/{name}.{ext}" for name in ["metrics", "dino_vs_clip_
 EXPECTED_FILES |= {"tables/main.tex", "tables/per_subject.tex"}
 
 
-def make_results(root: Path, pretrained: bool = False) -> Path:
+def make_results(root: Path, pretrained: bool = False,
+                 model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5") -> Path:
     """A results/ tree as the sample and evaluate stages write it."""
     rows = []
     for strategy in STRATEGIES:
@@ -46,12 +47,12 @@ def make_results(root: Path, pretrained: bool = False) -> Path:
                     sample = {"subject": subject, "class": subject_class, "method": "lora", "strategy": strategy,
                               "prompt_index": prompt_index, "prompt_kind": "recontextualization",
                               "prompt": template.format(subject_class), "identifier": "sks",
-                              "image_index": image_index, "seed": 7, "file": file}
+                              "image_index": image_index, "seed": 7, "file": file, "model": model}
                     samples.append(sample)
                     dino = DINO_BASE[strategy] + SUBJECT_OFFSET[subject] + 0.02 * image_index
                     rows.append({**sample, "dino": dino, "clip_i": dino + 0.2, "clip_t": 0.3})
             write_jsonl(folder / "samples.jsonl", samples)
-    per_image = pd.DataFrame(rows).drop(columns=["identifier"])
+    per_image = pd.DataFrame(rows).drop(columns=["identifier", "model"])
     (root / "metrics").mkdir()
     per_image.to_csv(root / "metrics" / "per_image.csv", index=False)
     keys = ["method", "strategy", "subject", "class"]
@@ -127,6 +128,14 @@ def test_no_random_init_label_with_pretrained_encoders(tmp_path):
         assert "random-init" not in tex.read_text().lower()
     for title in figure_titles(results):
         assert "random-init" not in title.lower()
+
+
+def test_tiny_model_label_in_every_caption(tmp_path):
+    results = load_results(make_results(tmp_path / "results", pretrained=True, model="tiny"))
+    write_report(results, tmp_path / "paper", seed=0)
+    for tex in (tmp_path / "paper").glob("tables/*.tex"):
+        assert TINY_MODEL_LABEL in tex.read_text()
+    assert all(TINY_MODEL_LABEL in title for title in figure_titles(results))
 
 
 def figure_titles(results) -> list[str]:

@@ -16,6 +16,7 @@ from dreamstudy.io import read_jsonl
 
 METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # column -> label in figures and tables
 RANDOM_INIT_LABEL = "Random-init encoders: numbers are not comparable to published ones."
+TINY_MODEL_LABEL = "Images from the built-in tiny random-init model, not Stable Diffusion."
 
 RUN_KEYS = ["method", "strategy"]
 PER_IMAGE_COLUMNS = [*RUN_KEYS, "subject", *METRICS]
@@ -45,7 +46,7 @@ class Results:
     per_image: pd.DataFrame    # one row per generated image, with its three scores
     per_subject: pd.DataFrame  # one row per (method, strategy, subject)
     samples: pd.DataFrame      # one row per sample image: method, strategy, subject, prompt_index,
-                               # image_index, prompt, path
+                               # image_index, prompt, model (the base model it came from), path
     encoders: Encoders
 
     @property
@@ -61,8 +62,11 @@ class Results:
         return _in_order_of_appearance(self.per_subject["subject"])
 
     def caption(self, text: str, sep: str = " ") -> str:
-        """`text`, labelled when the scores come from random-init encoders."""
-        return text if self.encoders.pretrained else f"{text}{sep}{RANDOM_INIT_LABEL}"
+        """`text`, labelled when the images or the scores come from random weights."""
+        labels = [] if self.encoders.pretrained else [RANDOM_INIT_LABEL]
+        if (self.samples["model"] == "tiny").any():
+            labels.append(TINY_MODEL_LABEL)
+        return sep.join([text, *labels])
 
 
 def load_results(results_dir: str | Path) -> Results:
@@ -127,7 +131,7 @@ def _read_samples(samples_dir: Path, per_subject: pd.DataFrame) -> pd.DataFrame:
                 raise ResultsError(f"{image}: missing (listed in {index})")
             rows.append({"method": method, "strategy": strategy, "subject": subject,
                          "prompt_index": int(entry["prompt_index"]), "image_index": int(entry["image_index"]),
-                         "prompt": entry["prompt"], "path": image})
+                         "prompt": entry["prompt"], "model": entry.get("model"), "path": image})
     return pd.DataFrame(rows)
 
 
