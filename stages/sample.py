@@ -11,9 +11,10 @@ def main(argv=None) -> None:
     args, p = stage_args(__doc__, ("subject", "method", "strategy"), argv)
     run = f"{args.method}/{args.strategy}/{args.subject}"
     subject = load_dataset("data/dreambench").subjects[args.subject]
-    specs = dreambench_specs(subject, identifier=p.train.identifier, num_prompts=p.data.prompts_per_subject,
-                             images_per_prompt=p.sample.images_per_prompt, seed=p.seed)
     method, _ = get_method(args.method, p.train)
+    token = method.token(p.train.identifier)
+    specs = dreambench_specs(subject, identifier=token, num_prompts=p.data.prompts_per_subject,
+                             images_per_prompt=p.sample.images_per_prompt, seed=p.seed)
     pipe = load_pipeline(p.model.pretrained)
     method.load_into(pipe, f"models/{run}")
     use_scheduler(pipe, p.sample.scheduler)
@@ -21,7 +22,7 @@ def main(argv=None) -> None:
              num_inference_steps=p.sample.num_inference_steps, guidance_scale=p.sample.guidance_scale,
              batch_size=p.sample.batch_size,
              extra={"class": subject.class_name, "method": args.method, "strategy": args.strategy,
-                    "identifier": p.train.identifier, "model": p.model.pretrained})
+                    "identifier": token, "model": p.model.pretrained})
 
 
 if __name__ == "__main__":

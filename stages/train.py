@@ -2,30 +2,23 @@
 
 from dvclive import Live
 
-from dreamstudy.augment import read_training_set
 from dreamstudy.cli import stage_args
-from dreamstudy.io import atomic_dir
-from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import train
-from dreamstudy.models.loading import load_components
-from dreamstudy.seeding import derive_seed
+from dreamstudy.data.fetch import load_dataset
+from dreamstudy.methods.run import train_run
 
 
 def main(argv=None) -> None:
     args, p = stage_args(__doc__, ("subject", "method", "strategy"), argv)
     run = f"{args.method}/{args.strategy}/{args.subject}"
-    method, schedule = get_method(args.method, p.train)
-    examples = read_training_set(f"data/augmented/{args.strategy}/{args.subject}")
-    parts = load_components(p.model.pretrained)
+    subject = load_dataset("data/dreambench").subjects[args.subject]
     with Live(f"results/train/{run}", dvcyaml=None, save_dvc_exp=False, report=None) as live:
         def log(step: int, loss: float) -> None:
             live.log_metric("loss", loss)
             live.next_step()
 
-        train(method, schedule, parts, examples, resolution=p.model.resolution,
-              seed=derive_seed(p.seed, "train", run), log=log)
-    with atomic_dir(f"models/{run}") as out:
-        method.save(parts, out)
+        train_run(p, subject=subject, method_name=args.method, strategy=args.strategy,
+                  training_set=f"data/augmented/{args.strategy}/{args.subject}", priors_root="data/class_priors",
+                  out_dir=f"models/{run}", checkpoint_dir=f"checkpoints/{run}", log=log)
 
 
 if __name__ == "__main__":

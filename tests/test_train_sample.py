@@ -2,6 +2,7 @@
 CPU training is bit-reproducible, and each sample depends on its own seed only."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +14,20 @@ from safetensors.torch import load_file
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import read_jsonl
 from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import train
+from dreamstudy.methods.trainer import Examples, train
 from dreamstudy.models.loading import load_components, resolve_pretrained
-from dreamstudy.params import LoraParams, TrainParams
+from dreamstudy.params import load_params
 from dreamstudy.sampling.sample import SampleSpec, generate
 
 RESOLUTION = 32
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke_train_params(**sections):
+    """params.smoke.yaml's `train` section, with some method sections' keys changed."""
+    train = load_params(ROOT / "params.smoke.yaml").train
+    return train.model_copy(update={name: getattr(train, name).model_copy(update=change)
+                                    for name, change in sections.items()})
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +43,11 @@ def examples(tmp_path_factory):
 
 
 def train_lora(examples, out, seed=0, steps=4):
-    params = TrainParams(methods=["lora"], lora=LoraParams(rank=4, alpha=4.0, lr=1e-2, steps=steps, batch_size=2))
-    method, schedule = get_method("lora", params)
+    method, schedule = get_method("lora", smoke_train_params(lora={"lr": 1e-2, "steps": steps, "batch_size": 2}))
     parts = load_components("tiny")
     losses = []
-    train(method, schedule, parts, examples, resolution=RESOLUTION, seed=seed,
-          log=lambda step, loss: losses.append(loss))
+    train(method, schedule, parts, Examples(examples), identifier="sks", class_name="dog", resolution=RESOLUTION,
+          seed=seed, log=lambda step, loss: losses.append(loss))
     out.mkdir()
     method.save(parts, out)
     return losses

@@ -17,7 +17,7 @@ from dreamstudy.data.dreambench import SUBJECTS
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
-METHODS = ("lora",)
+METHODS = ("dreambooth", "lora", "textual_inversion", "custom_diffusion")
 STRATEGIES = ("none", "classic")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 SOURCES = ("github", "local", "embedded")
@@ -75,18 +75,42 @@ class AugParams(Section):
     num_per_image: Annotated[int, Field(ge=0)] = Field(4, description="augmented images per original")
 
 
-class LoraParams(Section):
+class MethodParams(Section):
+    lr: PositiveFloat = Field(description="AdamW learning rate")
+    steps: PositiveInt = Field(description="optimizer steps")
+    batch_size: PositiveInt = Field(1, description="instance images per step (as many class images join)")
+    prior_preservation: bool = Field(False, description="add the class-prior loss (needs priors.num_images > 0)")
+
+
+class DreamBoothParams(MethodParams):
+    train_text_encoder: bool = Field(False, description="fine-tune the text encoder too")
+
+
+class LoraParams(MethodParams):
     rank: PositiveInt = Field(4, description="LoRA rank r")
     alpha: PositiveFloat = Field(4.0, description="LoRA alpha (scale = alpha / rank)")
-    lr: PositiveFloat = Field(1e-4, description="AdamW learning rate")
-    steps: PositiveInt = Field(500, description="optimizer steps")
-    batch_size: PositiveInt = Field(1, description="instance images per step")
+    train_text_encoder: bool = Field(False, description="LoRA on the text encoder's attention too")
+
+
+class TextualInversionParams(MethodParams):
+    pass
+
+
+class CustomDiffusionParams(MethodParams):
+    pass
 
 
 class TrainParams(Section):
     methods: list[Literal[METHODS]] = Field(description="personalization methods of the study (DAG shape)")
     identifier: str = Field("sks", description="rare token that names the subject")
-    lora: LoraParams = LoraParams()
+    checkpoint_every: PositiveInt = Field(100, description="steps between resumable checkpoints")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="autocast dtype on GPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save GPU memory")
+    use_8bit_adam: bool = Field(False, description="bitsandbytes AdamW8bit when importable (GPU)")
+    dreambooth: DreamBoothParams
+    lora: LoraParams
+    textual_inversion: TextualInversionParams
+    custom_diffusion: CustomDiffusionParams
 
     @field_validator("identifier")
     @classmethod
@@ -94,6 +118,14 @@ class TrainParams(Section):
         if not value or len(value.split()) != 1:
             raise ValueError("must be a single word")
         return value
+
+
+class PriorsParams(Section):
+    num_images: Annotated[int, Field(ge=0)] = Field(200, description="class images per DreamBench class")
+    weight: PositiveFloat = Field(1.0, description="weight of the prior-preservation loss")
+    num_inference_steps: PositiveInt = Field(50, description="denoising steps of the class images")
+    guidance_scale: Annotated[float, Field(ge=0)] = Field(7.5, description="guidance of the class images")
+    batch_size: PositiveInt = Field(4, description="images per pipeline call")
 
 
 class SampleParams(Section):
@@ -115,8 +147,17 @@ class Params(Section):
     model: ModelParams
     aug: AugParams
     train: TrainParams
+    priors: PriorsParams
     sample: SampleParams
     eval: EvalParams
+
+    @model_validator(mode="after")
+    def _priors_exist(self) -> "Params":
+        for method in self.train.methods:
+            if getattr(self.train, method).prior_preservation and self.priors.num_images == 0:
+                raise ValueError(f"train.{method}.prior_preservation needs class images, "
+                                 "but priors.num_images is 0")
+        return self
 
 
 def _describe(error: dict) -> str:

@@ -1,6 +1,6 @@
-"""Personalization methods by name. A method says which parameters train, and how they are saved
-and loaded; the one training loop (`trainer.py`) serves them all. A new method is one module that
-calls `register` with a factory from the `train` params section."""
+"""Personalization methods by name. A method says which parameters train, how they are initialised,
+saved and loaded; the one training loop (`trainer.py`) serves them all. A new method is one module
+that calls `register` with a factory from the `train` params section."""
 
 from __future__ import annotations
 
@@ -19,14 +19,31 @@ class Schedule:
     lr: float
     steps: int
     batch_size: int
+    prior_preservation: bool = False
+
+    @classmethod
+    def of(cls, section) -> "Schedule":
+        """From a method's params section (dreamstudy.params.MethodParams)."""
+        return cls(section.lr, section.steps, section.batch_size, section.prior_preservation)
 
 
 class Method(Protocol):
-    def prepare(self, parts) -> list[torch.nn.Parameter]:
-        """Freeze or adapt `parts` (models.loading.Components); return the parameters to train."""
+    # True when the text encoder (or its input embeddings) train: captions are then encoded every step.
+    trains_text_encoder: bool
+
+    def token(self, identifier: str) -> str:
+        """The word that stands for the subject in captions and prompts (e.g. "sks", "<sks>")."""
+
+    def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
+        """Adapt `parts` (models.loading.Components) in place; return the parameters to train.
+
+        Called after every model is frozen; a method unfreezes or adds what it trains."""
+
+    def after_step(self, parts) -> None:
+        """Undo what the optimizer may not change (e.g. embedding rows other than the new token's)."""
 
     def save(self, parts, folder: Path) -> None:
-        """Write the trained artefact (safetensors) into `folder`."""
+        """Write the trained artefact (safetensors, in a layout stock diffusers loads) into `folder`."""
 
     def load_into(self, pipe, folder: Path) -> None:
         """Apply an artefact written by `save` to a stock StableDiffusionPipeline."""

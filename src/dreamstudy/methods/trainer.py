@@ -1,26 +1,72 @@
-"""The one training loop of every method (the DreamBooth objective of diffusers' example scripts).
+"""The one training loop of every method: the DreamBooth objective of diffusers' example scripts.
 
-Frozen parts are not recomputed per step: each training image's VAE latent distribution and each
-caption's text embedding are computed once, and a latent is drawn from the cached distribution
-each step, exactly as encoding the image again would draw it.
+- Frozen parts are not recomputed per step: each training image's VAE latent distribution is encoded
+  once and a latent drawn from it each step (exactly what encoding the image again would draw), and,
+  unless the method trains the text encoder, each caption's embedding is computed once.
+- Prior preservation: class images join the batch, and their loss is added with `prior.weight`.
+- Resume: every random draw of step s comes from a generator seeded with (seed, s), so a checkpoint
+  needs only the trainable weights, the optimizer and LR-scheduler states and the step to continue
+  bit-identically on CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
 from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from dreamstudy.methods import checkpoint
 from dreamstudy.methods.registry import Method, Schedule
+from dreamstudy.seeding import derive_seed
 
 # diffusers' example defaults (AdamW weight decay, gradient clipping)
 WEIGHT_DECAY = 1e-2
 MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Training images with their captions, as (path, caption) pairs."""
+
+    items: list[tuple[Path, str]]
+
+    def with_token(self, identifier: str, token: str) -> "Examples":
+        word = re.compile(rf"(?<!\w){re.escape(identifier)}(?!\w)")
+        return Examples([(path, word.sub(token, caption)) for path, caption in self.items])
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Prior preservation: class images ("a photo of a dog") and the weight of their loss."""
+
+    examples: Examples
+    weight: float
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Speed and memory switches (GPU); all off gives the plain float32 loop."""
+
+    mixed_precision: str = "no"          # "no" | "fp16" | "bf16"
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False          # only when bitsandbytes is importable
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    folder: Path
+    every: int
+    fingerprint: str  # what the run depends on: a checkpoint of another run is never resumed
 
 
 def pixel_batch(paths: list[Path], resolution: int) -> torch.Tensor:
@@ -32,66 +78,140 @@ def pixel_batch(paths: list[Path], resolution: int) -> torch.Tensor:
     return torch.stack([to_pixels(Image.open(p).convert("RGB")) for p in paths])
 
 
-@torch.no_grad()
-def encode_captions(parts, captions: list[str]) -> torch.Tensor:
-    ids = parts.tokenizer(captions, padding="max_length", max_length=parts.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids
-    return parts.text_encoder(ids.to(parts.text_encoder.device))[0]
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
 
 
 @torch.no_grad()
 def latent_distribution(vae, pixels: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    dists = [vae.encode(part.to(vae.device)).latent_dist for part in pixels.split(chunk)]
-    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+    dists = [vae.encode(part.to(vae.device, vae.dtype)).latent_dist for part in pixels.split(chunk)]
+    return torch.cat([d.mean for d in dists]).float(), torch.cat([d.std for d in dists]).float()
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless batches of indices, a new permutation per epoch."""
-    while True:
-        for batch in torch.randperm(n, generator=generator).split(batch_size):
-            yield batch
+class EncodedSet:
+    """One example set with everything frozen about it computed once."""
+
+    def __init__(self, parts, examples: Examples, resolution: int, encode_text_once: bool):
+        paths, captions = zip(*examples.items, strict=True)
+        self.mean, self.std = latent_distribution(parts.vae, pixel_batch(list(paths), resolution))
+        self.ids = tokenize(parts.tokenizer, list(captions)).to(self.mean.device)
+        self.text = None
+        if encode_text_once:
+            with torch.no_grad():
+                self.text = parts.text_encoder(self.ids)[0]
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def batch(self, parts, index: torch.Tensor, generator: torch.Generator):
+        eps = torch.randn(self.mean[index].shape, generator=generator).to(self.mean.device)
+        latents = (self.mean[index] + self.std[index] * eps) * parts.vae.config.scaling_factor
+        text = self.text[index] if self.text is not None else parts.text_encoder(self.ids[index])[0]
+        return latents, text
 
 
-def diffusion_loss(parts, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def batch_indices(n: int, batch_size: int, step: int, seed: int, name: str) -> torch.Tensor:
+    """The examples of `step`: epochs of seeded permutations, so any step is found without replay."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, name, epoch)))
+    return order.split(batch_size)[position]
+
+
+def diffusion_loss(parts, latents: torch.Tensor, text: torch.Tensor, noise: torch.Tensor,
+                   timesteps: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """MSE between the UNet's prediction and its target (epsilon or v) for noised `latents`."""
     scheduler = parts.noise_scheduler
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
     prediction = parts.unet(noisy, timesteps, text).sample
-    return F.mse_loss(prediction.float(), target.float())
+    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return per_example.mean() if reduce else per_example
 
 
-def train(method: Method, schedule: Schedule, parts, examples: list[tuple[Path, str]], *, resolution: int,
-          seed: int, log: Callable[[int, float], None] | None = None) -> None:
-    """Train `method` on (image, caption) examples; `parts` (models.loading.Components) are changed in place."""
-    torch.manual_seed(seed)  # adapter initialisation
+def prior_preservation_loss(per_example: torch.Tensor, n_instance: int, weight: float) -> torch.Tensor:
+    """DreamBooth's loss: instance MSE + weight x class MSE, the class examples following the instances."""
+    instance, prior = per_example[:n_instance], per_example[n_instance:]
+    loss = instance.mean()
+    return loss + weight * prior.mean() if len(prior) else loss
+
+
+def step_noise(latents: torch.Tensor, scheduler, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(latents.device)
+    return noise, timesteps
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, use_8bit_adam: bool) -> torch.optim.Optimizer:
+    if use_8bit_adam and torch.cuda.is_available():
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            pass
+        else:
+            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+
+
+def train(method: Method, schedule: Schedule, parts, examples: Examples, *, identifier: str, class_name: str,
+          resolution: int, seed: int, prior: Prior | None = None, hardware: Hardware = Hardware(),
+          checkpointing: Checkpointing | None = None, log: Callable[[int, float], None] | None = None) -> None:
+    """Train `method` on `examples`; `parts` (models.loading.Components) are changed in place."""
+    accelerator = Accelerator(mixed_precision=hardware.mixed_precision, cpu=not torch.cuda.is_available())
     for model in (parts.unet, parts.vae, parts.text_encoder):
         model.requires_grad_(False)
-    trainable = method.prepare(parts)
-    paths, captions = zip(*examples, strict=True)
-    mean, std = latent_distribution(parts.vae, pixel_batch(list(paths), resolution))
-    unique = sorted(set(captions))
-    text = encode_captions(parts, unique)[[unique.index(c) for c in captions]]
+        model.to(accelerator.device)
+    token = method.token(identifier)
+    torch.manual_seed(derive_seed(seed, "init"))  # adapter initialisation
+    trainable = method.prepare(parts, token, class_name)
+    if hardware.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if method.trains_text_encoder:
+            parts.text_encoder.gradient_checkpointing_enable()
 
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=WEIGHT_DECAY)
-    order = batches(len(examples), schedule.batch_size, generator)
-    scaling = parts.vae.config.scaling_factor
-    parts.unet.train()
-    for step in tqdm(range(schedule.steps), desc="train", unit="step"):
-        idx = next(order)
-        eps = torch.randn(mean[idx].shape, generator=generator).to(mean.device)
-        latents = (mean[idx] + std[idx] * eps) * scaling
-        loss = diffusion_loss(parts, latents, text[idx], generator)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    frozen_text = not method.trains_text_encoder
+    instances = EncodedSet(parts, examples.with_token(identifier, token), resolution, frozen_text)
+    classes = EncodedSet(parts, prior.examples, resolution, frozen_text) if prior else None
+
+    optimizer = make_optimizer(trainable, schedule.lr, hardware.use_8bit_adam)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+    start, losses = checkpoint.resume(checkpointing, trainable, optimizer, lr_scheduler) if checkpointing else (0, [])
+    for step, loss in enumerate(losses):  # a resumed run's log reads as if it had never stopped
         if log is not None:
-            log(step, loss.item())
+            log(step, loss)
+
+    parts.unet.train()
+    for step in tqdm(range(start, schedule.steps), desc="train", unit="step", initial=start, total=schedule.steps):
+        generator = torch.Generator().manual_seed(derive_seed(seed, "step", step))
+        with accelerator.autocast():
+            index = batch_indices(len(instances), schedule.batch_size, step, seed, "instances")
+            latents, text = instances.batch(parts, index, generator)
+            if classes is not None:
+                class_index = batch_indices(len(classes), schedule.batch_size, step, seed, "classes")
+                class_latents, class_text = classes.batch(parts, class_index, generator)
+                latents, text = torch.cat([latents, class_latents]), torch.cat([text, class_text])
+            noise, timesteps = step_noise(latents, parts.noise_scheduler, generator)
+            per_example = diffusion_loss(parts, latents, text, noise, timesteps, reduce=False)
+            loss = prior_preservation_loss(per_example, len(index), prior.weight if prior else 0.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_step(parts)
+        losses.append(loss.item())
+        if log is not None:
+            log(step, losses[-1])
+        done = step + 1
+        if checkpointing and done % checkpointing.every == 0 and done < schedule.steps:
+            checkpoint.save(checkpointing, done, trainable, optimizer, lr_scheduler, losses)
+    if checkpointing:
+        checkpoint.clear(checkpointing)
     parts.unet.eval()
+    parts.text_encoder.eval()

@@ -1,0 +1,57 @@
+"""One cell of the study's grid, trained: what the `train` stage does for (subject, method, strategy)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from dreamstudy.augment import read_training_set
+from dreamstudy.io import atomic_dir
+from dreamstudy.methods.registry import get_method
+from dreamstudy.methods.trainer import Checkpointing, Examples, Hardware, Prior, train
+from dreamstudy.models.loading import load_components
+from dreamstudy.seeding import derive_seed
+
+
+def class_folder(root: str | Path, class_name: str) -> Path:
+    """Where the class_priors stage puts the class images of `class_name` ("stuffed animal" -> stuffed_animal)."""
+    return Path(root) / class_name.replace(" ", "_")
+
+
+def fingerprint(config: dict, folders: list[Path]) -> str:
+    """Hash of a run's settings and input files: a checkpoint resumes only the run that wrote it."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                digest.update(path.relative_to(folder).as_posix().encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def train_run(p, *, subject, method_name: str, strategy: str, training_set: str | Path,
+              priors_root: str | Path, out_dir: str | Path, checkpoint_dir: str | Path,
+              log: Callable[[int, float], None] | None = None) -> None:
+    """Train `method_name` on `training_set` (subject: data.dreambench.Subject) and save it to `out_dir`."""
+    training_set, checkpoint_dir = Path(training_set), Path(checkpoint_dir)
+    method, schedule = get_method(method_name, p.train)
+    examples = Examples(read_training_set(training_set))
+    inputs = [training_set]
+    prior = None
+    if schedule.prior_preservation:
+        classes = class_folder(priors_root, subject.class_name)
+        prior = Prior(Examples(read_training_set(classes)), p.priors.weight)
+        inputs.append(classes)
+    run = f"{method_name}/{strategy}/{subject.name}"
+    config = {"run": run, "seed": p.seed, "model": p.model.model_dump(), "train": p.train.model_dump(),
+              "priors": p.priors.model_dump() if prior else None}
+    checkpointing = Checkpointing(checkpoint_dir, p.train.checkpoint_every, fingerprint(config, inputs))
+    hardware = Hardware(p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam)
+    parts = load_components(p.model.pretrained)
+    train(method, schedule, parts, examples, identifier=p.train.identifier, class_name=subject.class_name,
+          resolution=p.model.resolution, seed=derive_seed(p.seed, "train", run), prior=prior,
+          hardware=hardware, checkpointing=checkpointing, log=log)
+    with atomic_dir(out_dir) as tmp:
+        method.save(parts, tmp)
