@@ -5,11 +5,14 @@ a second `dvc repro` reruns nothing; `dvc exp run -S aug.strength=0.5` reruns ex
 stages after it that its outputs change, and `dvc exp show` lists the changed metrics.
 """
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,24 @@ def test_strength_experiment_reruns_augment_and_after(smoke):
     text = run(["dvc", "exp", "show", "--json"], repo)
     assert "aug.strength" in text or '"strength"' in text
     assert str(after["lora"]["classic"]["dino"])[:6] in text
+
+
+def test_sigkilled_training_resumes_to_the_same_weights(smoke):
+    repo, _ = smoke
+    weights = repo / "models/lora/none/dog/pytorch_lora_weights.safetensors"
+    uninterrupted = hashlib.sha256(weights.read_bytes()).hexdigest()
+    stage = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train@dog-lora-none"], cwd=repo,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **GIT_ENV})
+    checkpoint = repo / "checkpoints/lora/none/dog/state.json"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    trainer = subprocess.run(["pgrep", "-f", "stages/train.py --subject dog --method lora --strategy none"],
+                             capture_output=True, text=True).stdout.split()
+    assert checkpoint.exists() and trainer, "the training stage finished before it could be killed"
+    for pid in trainer:
+        os.kill(int(pid), signal.SIGKILL)
+    assert stage.wait() != 0 and not weights.exists()
+    log = run(["dvc", "repro", "train@dog-lora-none"], repo)
+    assert "resuming from the checkpoint at step" in log
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == uninterrupted

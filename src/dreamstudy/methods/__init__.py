@@ -1,4 +1,5 @@
 """Personalization methods; importing this package registers every built-in one."""
 
+from dreamstudy.methods import dreambooth  # noqa: F401  (registration)
 from dreamstudy.methods import lora  # noqa: F401  (registration)
 from dreamstudy.methods.registry import METHODS, Method, Schedule, get_method  # noqa: F401

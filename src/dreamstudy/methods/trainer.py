@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,8 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     start, losses = checkpoint.resume(checkpointing, trainable, optimizer, lr_scheduler) if checkpointing else (0, [])
+    if start:
+        print(f"resuming from the checkpoint at step {start} in {checkpointing.folder}", file=sys.stderr)
     for step, loss in enumerate(losses):  # a resumed run's log reads as if it had never stopped
         if log is not None:
             log(step, loss)

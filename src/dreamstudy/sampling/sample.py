@@ -49,11 +49,11 @@ def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
 
 
-def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: str | Path, *, resolution: int,
-             num_inference_steps: int, guidance_scale: float, batch_size: int, extra: dict) -> None:
-    """Render `specs` into `out_dir` with samples.jsonl; `extra` fields (method, ...) join every row."""
+def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: int, num_inference_steps: int,
+           guidance_scale: float, batch_size: int) -> None:
+    """Render each spec (anything with .prompt, .seed and .file, e.g. SampleSpec) as `folder / spec.file`."""
     pipe.set_progress_bar_config(disable=True)
-    with atomic_dir(out_dir) as tmp, tqdm(total=len(specs), desc="sample", unit="img") as bar:
+    with tqdm(total=len(specs), desc="sample", unit="img") as bar:
         for start in range(0, len(specs), batch_size):
             chunk = specs[start:start + batch_size]
             # one generator per image: an image depends on its own seed, not on the batch it falls in
@@ -61,6 +61,14 @@ def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: st
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           generator=[torch.Generator().manual_seed(s.seed) for s in chunk]).images
             for spec, image in zip(chunk, images, strict=True):
-                image.save(tmp / spec.file)
+                image.save(folder / spec.file)
             bar.update(len(chunk))
+
+
+def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: str | Path, *, resolution: int,
+             num_inference_steps: int, guidance_scale: float, batch_size: int, extra: dict) -> None:
+    """Render `specs` into `out_dir` with samples.jsonl; `extra` fields (method, ...) join every row."""
+    with atomic_dir(out_dir) as tmp:
+        render(pipe, specs, tmp, resolution=resolution, num_inference_steps=num_inference_steps,
+               guidance_scale=guidance_scale, batch_size=batch_size)
         write_jsonl(tmp / SAMPLES, [{**asdict(s), **extra} for s in specs])

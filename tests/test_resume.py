@@ -1,0 +1,73 @@
+"""Checkpoints: a run stopped at any step and started again ends with the same weights, bit for bit."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamstudy.methods import get_method
+from dreamstudy.methods.trainer import Checkpointing, Examples, train
+from dreamstudy.models.loading import load_components
+from tests.test_train_sample import smoke_train_params
+
+STEPS = 7
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return Examples([(folder / f"{i}.png", "a photo of sks dog") for i in range(3)])
+
+
+def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3):
+    method, schedule = get_method("lora", smoke_train_params(lora={"steps": STEPS, "batch_size": 2}))
+    parts = load_components("tiny")
+    losses = []
+
+    def log(step, loss):
+        losses.append((step, loss))
+        if step == kill_at:
+            raise Killed
+
+    try:
+        train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=32, seed=seed,
+              checkpointing=Checkpointing(checkpoints, every=2, fingerprint=fingerprint), log=log)
+    except Killed:
+        return None, losses
+    out.mkdir()
+    method.save(parts, out)
+    return hashlib.sha256((out / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest(), losses
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(examples, tmp_path_factory):
+    root = tmp_path_factory.mktemp("whole")
+    digest, losses = run(examples, root / "out", root / "ckpt")
+    assert not (root / "ckpt").exists()  # a finished run leaves no checkpoint behind
+    return digest, losses
+
+
+@pytest.mark.parametrize("kill_at, resumed_from", [(0, None), (2, 2), (3, 2), (5, 4)])
+def test_resumed_run_is_bit_identical(examples, uninterrupted, tmp_path, capfd, kill_at, resumed_from):
+    digest, losses = run(examples, tmp_path / "out", tmp_path / "ckpt", kill_at=kill_at)
+    assert digest is None
+    capfd.readouterr()
+    resumed_digest, resumed_losses = run(examples, tmp_path / "out", tmp_path / "ckpt")
+    message = f"resuming from the checkpoint at step {resumed_from}"
+    assert (message in capfd.readouterr().err) == (resumed_from is not None)
+    assert resumed_digest == uninterrupted[0]
+    assert resumed_losses == uninterrupted[1]  # the log replays the steps done before the stop
+
+
+def test_checkpoint_of_another_run_is_not_resumed(examples, uninterrupted, tmp_path):
+    run(examples, tmp_path / "out", tmp_path / "ckpt", kill_at=4, fingerprint="other settings", seed=4)
+    digest, _ = run(examples, tmp_path / "out", tmp_path / "ckpt")
+    assert digest == uninterrupted[0]
