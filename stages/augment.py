@@ -1,6 +1,6 @@
-"""DVC stage `augment`: one subject's training set under one augmentation strategy."""
+"""DVC stage `augment`: one subject's training set under one augmentation strategy, and its contact sheet."""
 
-from dreamstudy.augment import augment_subject
+from dreamstudy.augment import Context, augment_subject
 from dreamstudy.augment.dataset import instance_caption
 from dreamstudy.cli import stage_args
 from dreamstudy.data.fetch import load_dataset
@@ -10,10 +10,14 @@ from dreamstudy.seeding import derive_seed
 def main(argv=None) -> None:
     args, p = stage_args(__doc__, ("subject", "strategy"), argv)
     subject = load_dataset("data/dreambench").subjects[args.subject]
-    augment_subject(subject.images, strategy=args.strategy, strength=p.aug.strength,
-                    num_per_image=p.aug.num_per_image, seed=derive_seed(p.seed, "augment", args.subject),
+    context = Context(strength=p.aug.strength, num_per_image=p.aug.num_per_image,
+                      seed=derive_seed(p.seed, "augment", args.subject, args.strategy),
+                      class_name=subject.class_name, pretrained=p.model.pretrained,
+                      resolution=p.model.resolution, mix=p.aug.mix)
+    augment_subject(subject.images, strategy=args.strategy, context=context,
                     caption=instance_caption(p.train.identifier, subject.class_name),
-                    out_dir=f"data/augmented/{args.strategy}/{args.subject}")
+                    out_dir=f"data/augmented/{args.strategy}/{args.subject}",
+                    contact_sheet=f"results/augment/{args.strategy}/{args.subject}.png")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamstudy.augment import STRATEGIES, augment_subject, get_strategy, read_training_set
+from dreamstudy.augment import STRATEGIES, Context, augment_subject, get_strategy, read_training_set
 from dreamstudy.io import read_jsonl
 
 
@@ -20,6 +20,10 @@ def originals(tmp_path):
     return paths
 
 
+def context(strength, num_per_image, seed=0):
+    return Context(strength=strength, num_per_image=num_per_image, seed=seed, class_name="dog")
+
+
 def pixels(folder):
     return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
 
@@ -27,7 +31,7 @@ def pixels(folder):
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_same_seed_same_images(tmp_path, originals, strategy):
     for run in ("a", "b"):
-        augment_subject(originals, strategy=strategy, strength=0.8, num_per_image=2, seed=7,
+        augment_subject(originals, strategy=strategy, context=context(0.8, 2, seed=7),
                         caption="a photo of sks dog", out_dir=tmp_path / run)
     a, b = pixels(tmp_path / "a"), pixels(tmp_path / "b")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -35,7 +39,7 @@ def test_same_seed_same_images(tmp_path, originals, strategy):
 
 def test_other_seed_other_images(tmp_path, originals):
     for run, seed in (("a", 1), ("b", 2)):
-        augment_subject(originals, strategy="classic", strength=0.8, num_per_image=1, seed=seed,
+        augment_subject(originals, strategy="classic", context=context(0.8, 1, seed=seed),
                         caption="c", out_dir=tmp_path / run)
     a, b = pixels(tmp_path / "a"), pixels(tmp_path / "b")
     assert not np.array_equal(a["00_classic0.png"], b["00_classic0.png"])
@@ -44,27 +48,29 @@ def test_other_seed_other_images(tmp_path, originals):
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_strength_zero_is_identity(originals, strategy):
     images = [Image.open(p).convert("RGB") for p in originals]
-    for image, variants in zip(images, get_strategy(strategy)(images, 0.0, 3, 0)):
+    for image, variants in zip(images, get_strategy(strategy)(images, context(0.0, 3))):
         for variant in variants:
             assert np.array_equal(np.asarray(variant.image), np.asarray(image))
 
 
 def test_classic_changes_images_with_strength(originals):
     images = [Image.open(p).convert("RGB") for p in originals]
-    variants = get_strategy("classic")(images, 1.0, 2, 0)
+    variants = get_strategy("classic")(images, context(1.0, 2))
     assert all(not np.array_equal(np.asarray(v.image), np.asarray(im))
                for im, vs in zip(images, variants) for v in vs)
 
 
 def test_training_set_keeps_originals_and_captions(tmp_path, originals):
     out = tmp_path / "set"
-    augment_subject(originals, strategy="classic", strength=0.5, num_per_image=2, seed=0,
-                    caption="a photo of sks dog", out_dir=out)
+    augment_subject(originals, strategy="classic", context=context(0.5, 2), caption="a photo of sks dog",
+                    out_dir=out, contact_sheet=tmp_path / "sheet.png")
     rows = read_jsonl(out / "captions.jsonl")
     assert len(rows) == 3 * (1 + 2) and sum(not r["augmented"] for r in rows) == 3
     assert {r["caption"] for r in rows} == {"a photo of sks dog"}
-    for path, _ in read_training_set(out):
-        assert path.is_file()
+    for example in read_training_set(out):
+        assert example.image.is_file() and example.mask is None
+    sheet = Image.open(tmp_path / "sheet.png")  # 3 rows of (original + 2 augmentations), 2 px padding
+    assert sheet.size == (3 * 48 + 4 * 2, 3 * 48 + 4 * 2)
     assert np.array_equal(np.asarray(Image.open(out / "01.png")), np.asarray(Image.open(originals[1])))
 
 

@@ -91,3 +91,12 @@ def test_stage_rejects_an_item_outside_the_grid(tmp_path, smoke):
     run = subprocess.run([sys.executable, "stages/augment.py", "--params", str(good), "--subject", "cat",
                           "--strategy", "none"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "--subject 'cat'" in run.stderr
+
+
+def test_schema_names_match_the_registries():
+    from dreamstudy.augment import STRATEGIES
+    from dreamstudy.methods import METHODS
+    from dreamstudy.params import METHODS as SCHEMA_METHODS, STRATEGIES as SCHEMA_STRATEGIES
+
+    assert sorted(SCHEMA_STRATEGIES) == sorted(STRATEGIES)
+    assert sorted(SCHEMA_METHODS) == sorted(METHODS)

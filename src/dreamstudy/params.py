@@ -18,7 +18,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
 METHODS = ("dreambooth", "lora", "textual_inversion", "custom_diffusion")
-STRATEGIES = ("none", "classic")
+STRATEGIES = ("none", "classic", "scale", "background", "img2img", "controlnet", "specialist", "mix")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 SOURCES = ("github", "local", "embedded")
 DREAMBENCH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
@@ -73,6 +73,17 @@ class AugParams(Section):
     strategies: list[Literal[STRATEGIES]] = Field(description="augmentation strategies of the study (DAG shape)")
     strength: Annotated[float, Field(ge=0, le=1)] = Field(description="0 = originals, 1 = strongest")
     num_per_image: Annotated[int, Field(ge=0)] = Field(4, description="augmented images per original")
+    mix: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"classic": 1.0}, description="strategy -> weight, for the `mix` strategy")
+
+    @field_validator("mix")
+    @classmethod
+    def _mix_of_known_strategies(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = [name for name in mix if name not in STRATEGIES or name == "mix"]
+        if unknown or not mix:
+            raise ValueError(f"needs weights of known strategies other than mix; unknown: {unknown}; "
+                             f"valid: {[s for s in STRATEGIES if s != 'mix']}")
+        return mix
 
 
 class MethodParams(Section):

@@ -1,5 +1,5 @@
 """Augmentation strategies; importing this package registers every built-in one."""
 
 from dreamstudy.augment import classic, none  # noqa: F401  (registration)
-from dreamstudy.augment.registry import STRATEGIES, Augmented, get_strategy, register  # noqa: F401
-from dreamstudy.augment.dataset import augment_subject, read_training_set  # noqa: F401
+from dreamstudy.augment.registry import STRATEGIES, Augmented, Context, get_strategy, register  # noqa: F401
+from dreamstudy.augment.dataset import Example, augment_subject, read_training_set  # noqa: F401

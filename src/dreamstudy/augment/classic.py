@@ -8,7 +8,7 @@ rotation up to 30 s degrees, brightness/contrast/saturation +- 0.4 s and hue +- 
 import torch
 from torchvision.transforms import v2
 
-from dreamstudy.augment.registry import Augmented, register
+from dreamstudy.augment.registry import Augmented, Context, register
 
 
 def classic_transform(size: int, strength: float) -> v2.Compose:
@@ -22,11 +22,11 @@ def classic_transform(size: int, strength: float) -> v2.Compose:
 
 
 @register("classic")
-def classic(images, strength, num_per_image, seed) -> list[list[Augmented]]:
+def classic(images, ctx: Context) -> list[list[Augmented]]:
     # torchvision v2 draws from torch's global generator: fork it so the caller's state is untouched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(ctx.seed)
         return [
-            [Augmented(classic_transform(image.width, strength)(image)) for _ in range(num_per_image)]
+            [Augmented(classic_transform(image.width, ctx.strength)(image)) for _ in range(ctx.num_per_image)]
             for image in images
         ]

@@ -1,44 +1,80 @@
-"""A subject's training set on disk: its originals plus their augmentations, and captions.jsonl."""
+"""A subject's training set on disk: its originals plus their augmentations, loss masks where a strategy
+makes them, and captions.jsonl (one row per image: file, caption, source, augmented, mask)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
+import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import make_grid
 
-from dreamstudy.augment.registry import get_strategy
-from dreamstudy.io import atomic_dir, read_jsonl, write_jsonl
+from dreamstudy.augment.registry import Context, get_strategy
+from dreamstudy.io import atomic_dir, atomic_file, read_jsonl, write_jsonl
 
 CAPTIONS = "captions.jsonl"
+MASKS = "masks"
+
+
+class Example(NamedTuple):
+    """One training image: its caption and, optionally, the mask of pixels its loss counts."""
+
+    image: Path
+    caption: str
+    mask: Path | None = None
 
 
 def instance_caption(identifier: str, class_name: str) -> str:
     return f"a photo of {identifier} {class_name}"
 
 
-def augment_subject(originals: list[Path], *, strategy: str, strength: float, num_per_image: int,
-                    seed: int, caption: str, out_dir: str | Path) -> None:
-    """Write the originals and their augmentations into `out_dir`, with one caption row per image."""
-    augment = get_strategy(strategy)
+def augment_subject(originals: list[Path], *, strategy: str, context: Context, caption: str,
+                    out_dir: str | Path, contact_sheet: str | Path | None = None) -> None:
+    """Write the originals and their augmentations into `out_dir`, with one caption row per image,
+    and, if asked, a contact sheet PNG (a row per original: it, then its augmentations)."""
     images = [Image.open(path).convert("RGB") for path in originals]
-    augmented = augment(images, strength, num_per_image, seed)
+    augmented = get_strategy(strategy)(images, context)
     rows = []
     with atomic_dir(out_dir) as tmp:
         for path, image, variants in zip(originals, images, augmented, strict=True):
             image.save(tmp / f"{path.stem}.png")
-            rows.append({"file": f"{path.stem}.png", "caption": caption, "source": path.name, "augmented": False})
+            rows.append({"file": f"{path.stem}.png", "caption": caption, "source": path.name,
+                         "augmented": False, "mask": None})
             for k, variant in enumerate(variants):
                 name = f"{path.stem}_{strategy}{k}.png"
                 variant.image.save(tmp / name)
-                tagged = " ".join((*variant.tags, caption))
-                rows.append({"file": name, "caption": tagged, "source": path.name, "augmented": True})
+                mask = None
+                if variant.mask is not None:
+                    mask = f"{MASKS}/{name}"
+                    (tmp / MASKS).mkdir(exist_ok=True)
+                    variant.mask.save(tmp / mask)
+                rows.append({"file": name, "caption": " ".join((*variant.tags, caption)), "source": path.name,
+                             "augmented": True, "mask": mask})
         write_jsonl(tmp / CAPTIONS, rows)
+    if contact_sheet is not None:
+        write_contact_sheet(contact_sheet, images, augmented)
 
 
-def read_training_set(folder: str | Path) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs of a training set written by `augment_subject`."""
+def write_contact_sheet(path: str | Path, images: list[Image.Image], augmented) -> None:
+    columns = 1 + max((len(v) for v in augmented), default=0)
+    size = images[0].size
+    tiles = []
+    for image, variants in zip(images, augmented, strict=True):
+        row = [image, *(v.image.resize(size) for v in variants)]
+        row += [Image.new("RGB", size, "white")] * (columns - len(row))
+        tiles += [TF.pil_to_tensor(tile) for tile in row]
+    grid = make_grid(torch.stack(tiles), nrow=columns, padding=2, pad_value=255)
+    with atomic_file(path, "wb") as handle:
+        TF.to_pil_image(grid).save(handle, format="PNG")
+
+
+def read_training_set(folder: str | Path) -> list[Example]:
+    """The examples of a training set written by `augment_subject` (or the class_priors stage)."""
     folder = Path(folder)
     captions = folder / CAPTIONS
     if not captions.is_file():
-        raise FileNotFoundError(f"{captions}: missing; run the augment stage first")
-    return [(folder / row["file"], row["caption"]) for row in read_jsonl(captions)]
+        raise FileNotFoundError(f"{captions}: missing; run the stage that writes it first")
+    return [Example(folder / row["file"], row["caption"], folder / row["mask"] if row.get("mask") else None)
+            for row in read_jsonl(captions)]

@@ -1,8 +1,8 @@
 """`none`: the originals alone, the baseline every strategy is compared with."""
 
-from dreamstudy.augment.registry import Augmented, register
+from dreamstudy.augment.registry import Augmented, Context, register
 
 
 @register("none")
-def no_augmentation(images, strength, num_per_image, seed) -> list[list[Augmented]]:
+def no_augmentation(images, ctx: Context) -> list[list[Augmented]]:
     return [[] for _ in images]

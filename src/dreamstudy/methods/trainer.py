@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from dreamstudy.augment.dataset import Example
 from dreamstudy.methods import checkpoint
 from dreamstudy.methods.registry import Method, Schedule
 from dreamstudy.seeding import derive_seed
@@ -37,13 +38,16 @@ MAX_GRAD_NORM = 1.0
 
 @dataclass(frozen=True)
 class Examples:
-    """Training images with their captions, as (path, caption) pairs."""
+    """Training images with their captions (and loss masks), as augment.Example or plain tuples."""
 
-    items: list[tuple[Path, str]]
+    items: list[Example]
+
+    def __post_init__(self):
+        object.__setattr__(self, "items", [Example(*item) for item in self.items])
 
     def with_token(self, identifier: str, token: str) -> "Examples":
         word = re.compile(rf"(?<!\w){re.escape(identifier)}(?!\w)")
-        return Examples([(path, word.sub(token, caption)) for path, caption in self.items])
+        return Examples([item._replace(caption=word.sub(token, item.caption)) for item in self.items])
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,17 @@ def pixel_batch(paths: list[Path], resolution: int) -> torch.Tensor:
     return torch.stack([to_pixels(Image.open(p).convert("RGB")) for p in paths])
 
 
+def latent_masks(paths: list[Path | None], resolution: int, latent_size: int) -> torch.Tensor:
+    """Loss masks at latent resolution, [N, 1, h, w] in [0, 1]: the share of each latent cell's pixels
+    that count (all of them where an example has no mask)."""
+    # nearest: a mask stays a mask; the area average below gives partial cells their share
+    to_mask = v2.Compose([v2.PILToTensor(), v2.Resize(resolution, v2.InterpolationMode.NEAREST_EXACT),
+                          v2.CenterCrop(resolution), v2.ToDtype(torch.float32, scale=True)])
+    full = torch.ones(1, resolution, resolution)
+    masks = torch.stack([to_mask(Image.open(p).convert("L")) if p else full for p in paths])
+    return F.interpolate(masks, size=latent_size, mode="area")
+
+
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt").input_ids
@@ -94,8 +109,11 @@ class EncodedSet:
     """One example set with everything frozen about it computed once."""
 
     def __init__(self, parts, examples: Examples, resolution: int, encode_text_once: bool):
-        paths, captions = zip(*examples.items, strict=True)
+        paths, captions, masks = zip(*examples.items, strict=True)
         self.mean, self.std = latent_distribution(parts.vae, pixel_batch(list(paths), resolution))
+        self.mask = None
+        if any(masks):
+            self.mask = latent_masks(list(masks), resolution, self.mean.shape[-1]).to(self.mean.device)
         self.ids = tokenize(parts.tokenizer, list(captions)).to(self.mean.device)
         self.text = None
         if encode_text_once:
@@ -109,7 +127,8 @@ class EncodedSet:
         eps = torch.randn(self.mean[index].shape, generator=generator).to(self.mean.device)
         latents = (self.mean[index] + self.std[index] * eps) * parts.vae.config.scaling_factor
         text = self.text[index] if self.text is not None else parts.text_encoder(self.ids[index])[0]
-        return latents, text
+        mask = self.mask[index] if self.mask is not None else torch.ones_like(latents[:, :1])
+        return latents, text, mask
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int, name: str) -> torch.Tensor:
@@ -121,8 +140,11 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, name: str) -> t
 
 
 def diffusion_loss(parts, latents: torch.Tensor, text: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, reduce: bool = True) -> torch.Tensor:
-    """MSE between the UNet's prediction and its target (epsilon or v) for noised `latents`."""
+                   timesteps: torch.Tensor, reduce: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between the UNet's prediction and its target (epsilon or v) for noised `latents`.
+
+    With `mask` ([B, 1, h, w] latent-cell weights) each example's loss is the weighted mean over the
+    cells that count: masked-out cells (e.g. the empty canvas of a zoomed-out image) teach nothing."""
     scheduler = parts.noise_scheduler
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
@@ -130,7 +152,12 @@ def diffusion_loss(parts, latents: torch.Tensor, text: torch.Tensor, noise: torc
     else:
         target = noise
     prediction = parts.unet(noisy, timesteps, text).sample
-    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if mask is None:
+        per_example = error.mean(dim=(1, 2, 3))
+    else:
+        weight = mask.expand_as(error)
+        per_example = (error * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
     return per_example.mean() if reduce else per_example
 
 
@@ -194,13 +221,13 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
         generator = torch.Generator().manual_seed(derive_seed(seed, "step", step))
         with accelerator.autocast():
             index = batch_indices(len(instances), schedule.batch_size, step, seed, "instances")
-            latents, text = instances.batch(parts, index, generator)
+            latents, text, mask = instances.batch(parts, index, generator)
             if classes is not None:
                 class_index = batch_indices(len(classes), schedule.batch_size, step, seed, "classes")
-                class_latents, class_text = classes.batch(parts, class_index, generator)
-                latents, text = torch.cat([latents, class_latents]), torch.cat([text, class_text])
+                latents, text, mask = (torch.cat(pair) for pair in
+                                       zip((latents, text, mask), classes.batch(parts, class_index, generator)))
             noise, timesteps = step_noise(latents, parts.noise_scheduler, generator)
-            per_example = diffusion_loss(parts, latents, text, noise, timesteps, reduce=False)
+            per_example = diffusion_loss(parts, latents, text, noise, timesteps, reduce=False, mask=mask)
             loss = prior_preservation_loss(per_example, len(index), prior.weight if prior else 0.0)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)

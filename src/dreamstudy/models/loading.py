@@ -125,9 +125,14 @@ def _explain_load_failure(pretrained: str) -> Iterator[None]:
 
 
 def load_pipeline(
-    pretrained: str, *, torch_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    pretrained: str, *, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
 ) -> StableDiffusionPipeline:
-    """The full text-to-image pipeline, without safety checker, on `device`."""
+    """The full text-to-image pipeline, without safety checker, on `device`.
+
+    By default on the GPU in float16 when there is one, else on the CPU in float32."""
+    cuda = torch.cuda.is_available()
+    device = device or ("cuda" if cuda else "cpu")
+    torch_dtype = torch_dtype or (torch.float16 if cuda else torch.float32)
     source = resolve_pretrained(pretrained)
     with _explain_load_failure(pretrained):
         pipeline = StableDiffusionPipeline.from_pretrained(

@@ -1,0 +1,166 @@
+"""Textual Inversion and Custom Diffusion on the tiny model: only the placeholder's embedding row (and,
+for Custom Diffusion, the cross-attention K/V) change; the artefacts load into a stock pipeline, which
+then renders what the trained model renders; bad placeholder tokens are refused before training."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from dreamstudy.methods import get_method
+from dreamstudy.methods.custom_diffusion import KV
+from dreamstudy.methods.tokens import EMBEDS, LearnedToken, check_token
+from dreamstudy.methods.trainer import Examples, train
+from dreamstudy.models.loading import load_components, resolve_pretrained
+from tests.test_train_sample import smoke_train_params
+
+RESOLUTION = 32
+PROMPT = "a photo of <sks> dog"
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return Examples([(folder / f"{i}.png", "a photo of sks dog") for i in range(3)])
+
+
+def trained(name, examples, folder):
+    """Train `name` for 4 steps (a high lr, so that 4 steps show) and save it into `folder`."""
+    method, schedule = get_method(name, smoke_train_params(
+        **{name: {"lr": 5e-2, "steps": 4, "batch_size": 2, "prior_preservation": False}}))
+    parts = load_components("tiny")
+    train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=RESOLUTION, seed=0)
+    folder.mkdir()
+    method.save(parts, folder)
+    return method, parts
+
+
+@pytest.fixture(scope="module")
+def ti(examples, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ti") / "weights"
+    return (*trained("textual_inversion", examples, folder), folder)
+
+
+@pytest.fixture(scope="module")
+def cd(examples, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cd") / "weights"
+    return (*trained("custom_diffusion", examples, folder), folder)
+
+
+@pytest.fixture(scope="module")
+def original():
+    return load_components("tiny")
+
+
+def stock_pipeline():
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_pretrained("tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_of(parts):
+    """The trained components themselves as a pipeline (the reference a loaded artefact must match)."""
+    pipe = stock_pipeline()
+    pipe.register_modules(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, unet=parts.unet)
+    return pipe
+
+
+def render(pipe):
+    return pipe(PROMPT, height=RESOLUTION, width=RESOLUTION, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+
+def embedding(parts):
+    return parts.text_encoder.get_input_embeddings().weight.detach()
+
+
+def assert_only_placeholder_row_changed(parts, original, init_row):
+    """Every row but the placeholder's bit-identical; the placeholder's moved away from its init."""
+    trained, before = embedding(parts), embedding(original)
+    token_id = parts.tokenizer.convert_tokens_to_ids("<sks>")
+    assert token_id == len(before) and trained.shape == (len(before) + 1, before.shape[1])
+    assert torch.equal(trained[:token_id], before)
+    assert not torch.allclose(trained[token_id], init_row)
+
+
+def class_row(original, class_name="dog"):
+    ids = original.tokenizer(class_name, add_special_tokens=False).input_ids
+    return embedding(original)[ids].mean(0)
+
+
+def test_ti_trains_only_the_placeholder_row(ti, original):
+    _, parts, _ = ti
+    assert_only_placeholder_row_changed(parts, original, class_row(original))
+    for model in ("unet", "text_encoder"):
+        now, before = getattr(parts, model).state_dict(), getattr(original, model).state_dict()
+        changed = [k for k in now if now[k].shape != before[k].shape or not torch.equal(now[k], before[k])]
+        assert changed == ([] if model == "unet" else [k for k in now if k.endswith("token_embedding.weight")])
+
+
+def test_placeholder_starts_as_the_mean_of_the_class_tokens():
+    parts = load_components("tiny")
+    LearnedToken.add(parts, "<sks>", "stuffed animal")
+    row = embedding(parts)[parts.tokenizer.convert_tokens_to_ids("<sks>")]
+    ids = parts.tokenizer("stuffed animal", add_special_tokens=False).input_ids
+    assert len(ids) == 2 and torch.equal(row, embedding(parts)[ids].mean(0))
+
+
+def test_ti_artefact_loads_with_stock_load_textual_inversion(ti):
+    _, parts, folder = ti
+    weights = load_file(folder / EMBEDS)
+    assert list(weights) == ["<sks>"] and weights["<sks>"].shape == (1, embedding(parts).shape[1])
+    pipe = stock_pipeline()
+    before = render(pipe)
+    pipe.load_textual_inversion(folder, weight_name=EMBEDS)
+    after = render(pipe)
+    assert np.abs(after - before).max() > 1e-3
+    assert np.array_equal(after, render(pipeline_of(parts)))
+
+
+def test_bad_placeholders_are_refused_before_any_model_loads(ti):
+    _, parts, _ = ti
+    tokenizer = load_components("tiny").tokenizer  # only the tokenizer is needed; stands for a fresh one
+    size = len(tokenizer)
+    check_token(tokenizer, "<sks>")
+    assert len(tokenizer) == size  # the check works on a copy
+    for token in ("<|endoftext|>", "sks", "dog"):  # a special token, whole words of the vocabulary
+        with pytest.raises(ValueError, match="already in the tokenizer's vocabulary.*train.identifier"):
+            check_token(tokenizer, token)
+    with pytest.raises(ValueError, match="already in the tokenizer's vocabulary"):
+        check_token(parts.tokenizer, "<sks>")  # a tokenizer that has learned it
+    with pytest.raises(ValueError, match="does not stay one token.*train.identifier"):
+        check_token(tokenizer, " ")  # would match between every two words
+
+
+def test_cd_trains_only_cross_attention_kv_and_the_placeholder_row(cd, original):
+    _, parts, folder = cd
+    assert_only_placeholder_row_changed(parts, original, class_row(original))
+    before = original.unet.state_dict()
+    kv = load_file(folder / KV)
+    cross_kv = {k for k in before if ".attn2.to_k." in k or ".attn2.to_v." in k}
+    assert set(kv) == cross_kv and all(not torch.equal(kv[k], before[k]) for k in kv)
+    # The UNet's own weights stay as they were: K/V train in the Custom Diffusion processors.
+    now = parts.unet.state_dict()
+    assert all(torch.equal(now[k], before[k]) for k in before)
+    # Applied to a stock pipeline, the artefact changes exactly those weights and the placeholder.
+    pipe = stock_pipeline()
+    get_method("custom_diffusion", smoke_train_params())[0].load_into(pipe, folder)
+    loaded = pipe.unet.state_dict()
+    assert {k for k in before if not torch.equal(loaded[k], before[k])} == cross_kv
+    assert_only_placeholder_row_changed(pipe, original, class_row(original))
+
+
+def test_cd_artefact_round_trips_into_a_stock_pipeline(cd):
+    method, parts, folder = cd
+    pipe = stock_pipeline()
+    before = render(pipe)
+    method.load_into(pipe, folder)
+    after = render(pipe)
+    assert np.abs(after - before).max() > 1e-3
+    # The default attention processor with the loaded K/V computes what the training processors do.
+    np.testing.assert_allclose(after, render(pipeline_of(parts)), atol=1e-5)
