@@ -4,20 +4,21 @@ from dreamstudy.augment import Context, augment_subject
 from dreamstudy.augment.dataset import instance_caption
 from dreamstudy.cli import stage_args
 from dreamstudy.data.fetch import load_dataset
+from dreamstudy.layout import DATASET
 from dreamstudy.seeding import derive_seed
 
 
 def main(argv=None) -> None:
     args, p = stage_args(__doc__, ("subject", "strategy"), argv)
-    subject = load_dataset("data/dreambench").subjects[args.subject]
-    context = Context(strength=p.aug.strength, num_per_image=p.aug.num_per_image,
+    subject = load_dataset(DATASET).subjects[args.subject]
+    context = Context(strength=args.strength, num_per_image=p.aug.num_per_image,
                       seed=derive_seed(p.seed, "augment", args.subject, args.strategy),
                       class_name=subject.class_name, pretrained=p.model.pretrained,
                       resolution=p.model.resolution, mix=p.aug.mix)
     augment_subject(subject.images, strategy=args.strategy, context=context,
                     caption=instance_caption(p.train.identifier, subject.class_name),
-                    out_dir=f"data/augmented/{args.strategy}/{args.subject}",
-                    contact_sheet=f"results/augment/{args.strategy}/{args.subject}.png")
+                    out_dir=args.layout.augmented(args.label, args.subject),
+                    contact_sheet=args.layout.contact_sheet(args.label, args.subject))
 
 
 if __name__ == "__main__":

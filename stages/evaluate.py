@@ -1,18 +1,15 @@
-"""DVC stage `evaluate`: DINO, CLIP-I and CLIP-T of every image of the study's grid -> results/metrics/."""
-
-import itertools
+"""DVC stage `evaluate`: DINO, CLIP-I and CLIP-T of every image of a study's grid -> its metrics folder."""
 
 from dreamstudy.cli import stage_args
-from dreamstudy.metrics.study import evaluate_study, write_metrics
+from dreamstudy.layout import DATASET
+from dreamstudy.metrics.study import evaluate_study, grid_runs, write_metrics
 
 
 def main(argv=None) -> None:
-    args, p = stage_args(__doc__, argv=argv, paths={"dataset": "data/dreambench", "samples": "results/samples",
-                                                     "out": "results/metrics"})
-    runs = list(itertools.product(p.train.methods, p.aug.strategies, p.data.subjects))
-    metrics = evaluate_study(args.dataset, args.samples, runs, pretrained=p.eval.pretrained_encoders,
-                             batch_size=p.eval.batch_size, seed=p.seed)
-    write_metrics(args.out, metrics)
+    args, p = stage_args(__doc__, argv=argv)
+    metrics = evaluate_study(DATASET, args.layout.samples_root, grid_runs(p, args.study),
+                             pretrained=p.eval.pretrained_encoders, batch_size=p.eval.batch_size, seed=p.seed)
+    write_metrics(args.layout.metrics, metrics)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""DVC stage `report`: paper/figures (PDF + PNG) and paper/tables (LaTeX) from results/ alone."""
+"""DVC stage `report`: figures (PDF + PNG) and LaTeX tables into paper/, from results/ alone."""
 
 from dreamstudy.cli import stage_args
 from dreamstudy.report import load_results, write_report
+from dreamstudy.report.ablation import write_ablation_report
 
 
 def main(argv=None) -> None:
-    args, p = stage_args(__doc__, argv=argv, paths={"results": "results", "out": "paper"})
-    for path in write_report(load_results(args.results), args.out, seed=p.seed):
+    args, p = stage_args(__doc__, argv=argv)
+    layout = args.layout
+    write = write_ablation_report if args.study == "ablation" else write_report
+    for path in write(load_results(layout.results), layout.paper, seed=p.seed):
         print(path)
 
 

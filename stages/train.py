@@ -4,21 +4,22 @@ from dvclive import Live
 
 from dreamstudy.cli import stage_args
 from dreamstudy.data.fetch import load_dataset
+from dreamstudy.layout import CLASS_PRIORS, DATASET
 from dreamstudy.methods.run import train_run
 
 
 def main(argv=None) -> None:
     args, p = stage_args(__doc__, ("subject", "method", "strategy"), argv)
-    run = f"{args.method}/{args.strategy}/{args.subject}"
-    subject = load_dataset("data/dreambench").subjects[args.subject]
-    with Live(f"results/train/{run}", dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    cell, layout = (args.method, args.label, args.subject), args.layout
+    subject = load_dataset(DATASET).subjects[args.subject]
+    with Live(str(layout.train_log(*cell)), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         def log(step: int, loss: float) -> None:
             live.log_metric("loss", loss)
             live.next_step()
 
-        train_run(p, subject=subject, method_name=args.method, strategy=args.strategy,
-                  training_set=f"data/augmented/{args.strategy}/{args.subject}", priors_root="data/class_priors",
-                  out_dir=f"models/{run}", checkpoint_dir=f"checkpoints/{run}", log=log)
+        train_run(p, subject=subject, method_name=args.method, strategy=args.label,
+                  training_set=layout.augmented(args.label, args.subject), priors_root=CLASS_PRIORS,
+                  out_dir=layout.model(*cell), checkpoint_dir=layout.checkpoint(*cell), log=log)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ def originals(tmp_path):
 
 
 def context(strength, num_per_image, seed=0):
-    return Context(strength=strength, num_per_image=num_per_image, seed=seed, class_name="dog")
+    # generative strategies run the tiny model at 32 px; `mix` draws from every other kind of strategy
+    return Context(strength=strength, num_per_image=num_per_image, seed=seed, class_name="dog",
+                   pretrained="tiny", resolution=32,
+                   mix={"classic": 1.0, "scale": 1.0, "specialist": 1.0, "background": 1.0})
 
 
 def pixels(folder):

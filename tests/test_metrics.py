@@ -194,15 +194,16 @@ def make_study_tree(root: Path) -> None:
         write_jsonl(folder / "samples.jsonl", rows)
 
 
-def stage_args(root: Path) -> list[str]:
-    return ["--params", str(REPO / "params.smoke.yaml"), "--dataset", str(root / "data" / "dreambench"),
-            "--samples", str(root / "results" / "samples"), "--out", str(root / "results" / "metrics")]
+def stage_args(root: Path, monkeypatch) -> list[str]:
+    """The stage reads and writes relative to the working directory, as DVC runs it."""
+    monkeypatch.chdir(root)
+    return ["--params", str(REPO / "params.smoke.yaml")]
 
 
 def test_stage_writes_all_metrics(encoders, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "load_encoders", lambda *args, **kwargs: encoders)
     make_study_tree(tmp_path)
-    run_stage(stage_args(tmp_path))
+    run_stage(stage_args(tmp_path, monkeypatch))
 
     out = tmp_path / "results" / "metrics"
     assert sorted(p.name for p in out.iterdir()) == [
@@ -228,9 +229,9 @@ def test_stage_fails_clearly_before_loading_encoders(tmp_path, monkeypatch):
     manifest["subjects"] = [s for s in manifest["subjects"] if s["name"] != "dog"]
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"no reference images for subject\(s\) \['dog'\]"):
-        run_stage(stage_args(tmp_path))
+        run_stage(stage_args(tmp_path, monkeypatch))
 
     shutil.rmtree(tmp_path / "results" / "samples")
     with pytest.raises(FileNotFoundError, match="no samples"):
-        run_stage(stage_args(tmp_path))
+        run_stage(stage_args(tmp_path, monkeypatch))
     assert not (tmp_path / "results" / "metrics").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from dreamstudy.io import write_json, write_jsonl
 from dreamstudy.report import ResultsError, load_results, write_report
 from dreamstudy.report.figures import dino_vs_clip_t_figure, metrics_figure, samples_figure
+from dreamstudy.report.ablation import write_ablation_report
 from dreamstudy.report.load import RANDOM_INIT_LABEL, TINY_MODEL_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,11 +32,11 @@ EXPECTED_FILES = {f"figures/{name}.{ext}" for name in ["metrics", "dino_vs_clip_
 EXPECTED_FILES |= {"tables/main.tex", "tables/per_subject.tex"}
 
 
-def make_results(root: Path, pretrained: bool = False,
+def make_results(root: Path, pretrained: bool = False, strategies: list[str] = STRATEGIES,
                  model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5") -> Path:
     """A results/ tree as the sample and evaluate stages write it."""
     rows = []
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         for subject, subject_class in SUBJECTS.items():
             folder = root / "samples" / "lora" / strategy / subject
             folder.mkdir(parents=True)
@@ -49,7 +51,8 @@ def make_results(root: Path, pretrained: bool = False,
                               "prompt": template.format(subject_class), "identifier": "sks",
                               "image_index": image_index, "seed": 7, "file": file, "model": model}
                     samples.append(sample)
-                    dino = DINO_BASE[strategy] + SUBJECT_OFFSET[subject] + 0.02 * image_index
+                    dino = DINO_BASE.get(strategy, 0.3 + 0.05 * strategies.index(strategy)) + \
+                        SUBJECT_OFFSET[subject] + 0.02 * image_index
                     rows.append({**sample, "dino": dino, "clip_i": dino + 0.2, "clip_t": 0.3})
             write_jsonl(folder / "samples.jsonl", samples)
     per_image = pd.DataFrame(rows).drop(columns=["identifier", "model"])
@@ -62,7 +65,7 @@ def make_results(root: Path, pretrained: bool = False,
     per_prompt = per_image.groupby([*keys, "prompt_index"], sort=False)[["dino", "clip_i", "clip_t"]].mean()
     per_prompt.reset_index().to_csv(root / "metrics" / "per_prompt.csv", index=False)
     write_json(root / "metrics" / "summary.json", {"lora": {
-        strategy: {"dino": 0.0, "clip_i": 0.0, "clip_t": 0.0, "n_images": 12} for strategy in STRATEGIES}})
+        strategy: {"dino": 0.0, "clip_i": 0.0, "clip_t": 0.0, "n_images": 12} for strategy in strategies}})
     write_json(root / "metrics" / "encoders.json", {"pretrained": pretrained, "clip": "ViT-B-32/openai",
                                                      "dino": "dino_vits16"})
     return root
@@ -205,6 +208,18 @@ def test_stage_writes_paper_from_results(random_init_results, tmp_path, monkeypa
     spec = importlib.util.spec_from_file_location("report_stage", REPO / "stages" / "report.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
+    shutil.copytree(random_init_results, tmp_path / "results")
     monkeypatch.chdir(tmp_path)
-    stage.main(["--params", str(REPO / "params.smoke.yaml"), "--results", str(random_init_results)])
+    stage.main(["--params", str(REPO / "params.smoke.yaml")])
     assert produced(tmp_path / "paper") == EXPECTED_FILES
+
+
+def test_ablation_report(tmp_path):
+    labels = ["classic@0.5", "classic@1.0", "scale@0.5", "scale@1.0"]
+    results = load_results(make_results(tmp_path / "results", strategies=labels))
+    written = write_ablation_report(results, tmp_path / "paper", seed=0)
+    assert {p.name for p in written} == {"ablation.tex", "plane.pdf", "plane.png", "strength.pdf", "strength.png"}
+    tex = (tmp_path / "paper" / "ablation.tex").read_text()
+    # the synthetic DINO grows with the label's position: scale@1.0 is best; CLIP-T ties everywhere
+    assert re.search(r"^scale & 1 & \\textbf\{0\.585\} & \\textbf\{0\.785\} & \\textbf\{0\.300\}", tex, re.M), tex
+    assert re.search(r"^classic & 0\.5 & 0\.435 & 0\.635 & ", tex, re.MULTILINE), tex

@@ -102,12 +102,16 @@ def test_ti_trains_only_the_placeholder_row(ti, original):
         assert changed == ([] if model == "unet" else [k for k in now if k.endswith("token_embedding.weight")])
 
 
-def test_placeholder_starts_as_the_mean_of_the_class_tokens():
+def test_placeholder_starts_as_the_class_tokens_mean_and_alone_gets_gradient():
     parts = load_components("tiny")
-    LearnedToken.add(parts, "<sks>", "stuffed animal")
-    row = embedding(parts)[parts.tokenizer.convert_tokens_to_ids("<sks>")]
+    learned = LearnedToken.add(parts, "<sks>", "stuffed animal")
     ids = parts.tokenizer("stuffed animal", add_special_tokens=False).input_ids
-    assert len(ids) == 2 and torch.equal(row, embedding(parts)[ids].mean(0))
+    assert len(ids) == 2 and torch.equal(embedding(parts)[learned.id], embedding(parts)[ids].mean(0))
+    # Gradient clipping sees the placeholder's row only, though the caption's other words have rows too.
+    caption = parts.tokenizer("a photo of <sks> stuffed animal", return_tensors="pt").input_ids
+    parts.text_encoder(caption)[0].square().sum().backward()
+    grad = LearnedToken.weight(parts).grad
+    assert grad[learned.id].abs().sum() > 0 and not grad[:learned.id].any()
 
 
 def test_ti_artefact_loads_with_stock_load_textual_inversion(ti):
@@ -164,3 +168,9 @@ def test_cd_artefact_round_trips_into_a_stock_pipeline(cd):
     assert np.abs(after - before).max() > 1e-3
     # The default attention processor with the loaded K/V computes what the training processors do.
     np.testing.assert_allclose(after, render(pipeline_of(parts)), atol=1e-5)
+
+
+def test_cd_cpu_training_is_bit_reproducible(cd, examples, tmp_path):
+    trained("custom_diffusion", examples, tmp_path / "again")
+    for name in (KV, EMBEDS):
+        assert (tmp_path / "again" / name).read_bytes() == (cd[2] / name).read_bytes()

@@ -1,4 +1,5 @@
-"""What every stage CLI shares: `--params`, the grid item it works on, validation before any model loads."""
+"""What every stage CLI shares: `--params`, the study and grid cell it works on, and validation of both
+before any model loads."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from dreamstudy.params import ParamsError, Params, load_params
+from dreamstudy.layout import STUDIES, Layout, strategy_label
+from dreamstudy.params import Params, ParamsError, load_params
 
-# grid item -> the params list it must belong to
-ITEMS = {
-    "subject": lambda p: p.data.subjects,
-    "strategy": lambda p: p.aug.strategies,
-    "method": lambda p: p.train.methods,
+# grid item -> the params list it must belong to, per study
+GRIDS = {
+    "main": {"subject": lambda p: p.data.subjects, "strategy": lambda p: p.aug.strategies,
+             "method": lambda p: p.train.methods},
+    "ablation": {"subject": lambda p: p.ablation.subjects, "strategy": lambda p: p.ablation.strategies,
+                 "method": lambda p: [p.ablation.method], "strength": lambda p: p.ablation.strengths},
 }
 
 
@@ -21,9 +24,14 @@ def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
     """Parse the stage's arguments and params.yaml; exit with a message naming the bad key or item.
 
     `items` name the grid cell the stage works on (--subject ...); `paths` are folders with defaults.
+    With `--study ablation` the cell comes from the `ablation` section and takes a `--strength`; the
+    result carries `layout` (where to read and write), `strength` (the cell's aug.strength) and `label`
+    (the strategy's folder name, with its strength in the ablation).
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--study", choices=STUDIES, default="main", help="main study or the ablation grid")
+    parser.add_argument("--strength", type=float, help="the ablation cell's aug.strength (--study ablation)")
     for item in items:
         parser.add_argument(f"--{item}", required=True)
     for name, default in (paths or {}).items():
@@ -31,10 +39,17 @@ def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        for item in items:
-            valid = ITEMS[item](params)
-            if getattr(args, item) not in valid:
-                raise ParamsError(f"--{item} {getattr(args, item)!r} is not in {args.params}; valid: {valid}")
+        cell = [*items, "strength"] if args.study == "ablation" and "strategy" in items else items
+        for item in cell:
+            value, valid = getattr(args, item), GRIDS[args.study][item](params)
+            if value not in valid:
+                raise ParamsError(f"--{item} {value!r} is not in the {args.study} grid of {args.params}; "
+                                  f"valid: {valid}")
     except ParamsError as err:
         sys.exit(f"error: {err}")
+    args.layout = Layout(args.study)
+    ablation = args.study == "ablation"
+    args.strength = args.strength if ablation else params.aug.strength
+    if "strategy" in items:
+        args.label = strategy_label(args.strategy, args.strength if ablation else None)
     return args, params

@@ -28,6 +28,19 @@ class ParamsError(ValueError):
     """params.yaml (or a -S override) does not fit the schema."""
 
 
+def _known_subjects(subjects: list[str]) -> list[str]:
+    unknown = [s for s in subjects if s not in SUBJECTS]
+    if unknown:
+        raise ValueError(f"unknown subject(s) {unknown}; valid: {sorted(SUBJECTS)}")
+    return _distinct(subjects)
+
+
+def _distinct(values: list) -> list:
+    if not values or len(set(values)) != len(values):
+        raise ValueError("must be a non-empty list without repeats")
+    return values
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
@@ -43,12 +56,7 @@ class DataParams(Section):
     @field_validator("subjects")
     @classmethod
     def _known_subjects(cls, subjects: list[str]) -> list[str]:
-        unknown = [s for s in subjects if s not in SUBJECTS]
-        if unknown:
-            raise ValueError(f"unknown subject(s) {unknown}; valid: {sorted(SUBJECTS)}")
-        if not subjects or len(set(subjects)) != len(subjects):
-            raise ValueError("must be a non-empty list without repeats")
-        return subjects
+        return _known_subjects(subjects)
 
     @model_validator(mode="after")
     def _local_needs_path(self) -> "DataParams":
@@ -147,6 +155,23 @@ class SampleParams(Section):
     batch_size: PositiveInt = Field(4, description="images per pipeline call")
 
 
+class AblationParams(Section):
+    method: Literal[METHODS] = Field(description="the method whose training data the ablation varies")
+    subjects: list[str] = Field(description="DreamBench subjects of the ablation")
+    strategies: list[Literal[STRATEGIES]] = Field(description="strategies compared (rows of its table)")
+    strengths: list[Annotated[float, Field(ge=0, le=1)]] = Field(description="aug.strength values compared")
+
+    @field_validator("subjects")
+    @classmethod
+    def _known_subjects(cls, subjects: list[str]) -> list[str]:
+        return _known_subjects(subjects)
+
+    @field_validator("strategies", "strengths")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        return _distinct(values)
+
+
 class EvalParams(Section):
     pretrained_encoders: bool = Field(True, description="real CLIP/DINO weights; false = random init, labelled")
     batch_size: PositiveInt = Field(32, description="images per encoder call")
@@ -161,10 +186,11 @@ class Params(Section):
     priors: PriorsParams
     sample: SampleParams
     eval: EvalParams
+    ablation: AblationParams
 
     @model_validator(mode="after")
     def _priors_exist(self) -> "Params":
-        for method in self.train.methods:
+        for method in {*self.train.methods, self.ablation.method}:
             if getattr(self.train, method).prior_preservation and self.priors.num_images == 0:
                 raise ValueError(f"train.{method}.prior_preservation needs class images, "
                                  "but priors.num_images is 0")

@@ -1,5 +1,6 @@
 """A subject's training set on disk: its originals plus their augmentations, loss masks where a strategy
-makes them, and captions.jsonl (one row per image: file, caption, source, augmented, mask)."""
+makes them, subject masks where a strategy finds the subject (for inspection), and captions.jsonl (one
+row per image: file, caption, source, augmented, mask, subject_mask)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dreamstudy.io import atomic_dir, atomic_file, read_jsonl, write_jsonl
 
 CAPTIONS = "captions.jsonl"
 MASKS = "masks"
+SUBJECT_MASKS = "subject_masks"
 
 
 class Example(NamedTuple):
@@ -41,20 +43,25 @@ def augment_subject(originals: list[Path], *, strategy: str, context: Context, c
         for path, image, variants in zip(originals, images, augmented, strict=True):
             image.save(tmp / f"{path.stem}.png")
             rows.append({"file": f"{path.stem}.png", "caption": caption, "source": path.name,
-                         "augmented": False, "mask": None})
+                         "augmented": False, "mask": None, "subject_mask": None})
             for k, variant in enumerate(variants):
                 name = f"{path.stem}_{strategy}{k}.png"
                 variant.image.save(tmp / name)
-                mask = None
-                if variant.mask is not None:
-                    mask = f"{MASKS}/{name}"
-                    (tmp / MASKS).mkdir(exist_ok=True)
-                    variant.mask.save(tmp / mask)
                 rows.append({"file": name, "caption": " ".join((*variant.tags, caption)), "source": path.name,
-                             "augmented": True, "mask": mask})
+                             "augmented": True, "mask": save_mask(tmp, MASKS, name, variant.mask),
+                             "subject_mask": save_mask(tmp, SUBJECT_MASKS, name, variant.subject_mask)})
         write_jsonl(tmp / CAPTIONS, rows)
     if contact_sheet is not None:
         write_contact_sheet(contact_sheet, images, augmented)
+
+
+def save_mask(root: Path, folder: str, name: str, mask: Image.Image | None) -> str | None:
+    """Save `mask` as root/folder/name; its path relative to root (None, and nothing saved, without one)."""
+    if mask is None:
+        return None
+    (root / folder).mkdir(exist_ok=True)
+    mask.save(root / folder / name)
+    return f"{folder}/{name}"
 
 
 def write_contact_sheet(path: str | Path, images: list[Image.Image], augmented) -> None:

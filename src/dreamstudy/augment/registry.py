@@ -18,12 +18,14 @@ class Augmented:
     """One augmented training image.
 
     `tags` are words the caption gains (e.g. "zoomed in"); `mask` ("L", same size as the image, 255 =
-    counts) marks the pixels the diffusion loss sees, None = all of them.
+    counts) marks the pixels the diffusion loss sees, None = all of them. `subject_mask` ("L", 255 =
+    subject) is where a strategy found the subject, saved for inspection only (the loss ignores it).
     """
 
     image: Image.Image
     tags: tuple[str, ...] = field(default=())
     mask: Image.Image | None = None
+    subject_mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import pandas as pd
 import torch
 
 from dreamstudy.io import atomic_dir, read_jsonl, write_json
+from dreamstudy.layout import strategy_label
 from dreamstudy.metrics.encoders import load_encoders
 from dreamstudy.metrics.evaluate import SAMPLE_KEYS, aggregate, check_references, evaluate_samples, require_keys
 
@@ -69,6 +71,15 @@ def read_samples(samples_root: str | Path, runs: list[tuple[str, str, str]]) -> 
                 raise ValueError(f"{file}:{line}: {mismatched} disagrees with the folder {folder}")
             samples.append({**row, "path": str((file.parent / row["file"]).resolve())})
     return samples
+
+
+def grid_runs(params, study: str) -> list[tuple[str, str, str]]:
+    """The (method, strategy folder, subject) runs of the main study or of the ablation grid."""
+    if study == "ablation":
+        a = params.ablation
+        labels = [strategy_label(s, x) for s, x in itertools.product(a.strategies, a.strengths)]
+        return list(itertools.product([a.method], labels, a.subjects))
+    return list(itertools.product(params.train.methods, params.aug.strategies, params.data.subjects))
 
 
 def evaluate_study(dataset_dir: str | Path, samples_root: str | Path, runs: list[tuple[str, str, str]],

@@ -1,0 +1,87 @@
+"""`img2img`: SDEdit re-renderings of each original in a new context, as DA-Fusion augments.
+
+strength = img2img's denoising strength: the original is noised to timestep strength x T and denoised
+by the base model with a context prompt from prompts/contexts.txt ("a photo of a {class} on a beach");
+0 keeps the original, 1 replaces it with a text-to-image sample. Strength 0 gives back the originals
+without calling the model: diffusers 0.42 accepts it but runs zero denoising steps and still
+round-trips the image through the VAE, which is lossy, not the identity.
+
+No caption tags: the subject stays the subject (SDEdit keeps the original's layout and colours);
+augmentations are at `ctx.resolution`. Helpers shared with `controlnet` live here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from importlib.resources import files
+
+import numpy as np
+from diffusers import StableDiffusionImg2ImgPipeline
+from PIL import Image, ImageOps
+
+from dreamstudy.augment.generative import base_pipeline, generator
+from dreamstudy.augment.registry import Augmented, Context, register
+from dreamstudy.models.loading import TINY
+from dreamstudy.seeding import derive_seed
+
+STEPS = 20          # denoising schedule at paper scale; img2img runs about strength x STEPS of it
+TINY_STEPS = 4      # the random-init tiny model learns nothing from more steps
+GUIDANCE_SCALE = 7.5
+
+
+def context_prompts() -> list[str]:
+    """The committed context prompts, each with a {class} slot."""
+    text = files("dreamstudy.augment").joinpath("prompts/contexts.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def draw_prompts(ctx: Context, strategy: str, index: int) -> list[str]:
+    """`ctx.num_per_image` context prompts for original `index`, distinct while the list lasts."""
+    contexts = context_prompts()
+    rng = np.random.default_rng(derive_seed(ctx.seed, strategy, "contexts", index))
+    picks = rng.choice(len(contexts), size=ctx.num_per_image, replace=ctx.num_per_image > len(contexts))
+    return [contexts[i].format(**{"class": ctx.class_name}) for i in picks]
+
+
+def generators(ctx: Context, strategy: str, index: int) -> list:
+    """One generator per augmentation of original `index`: its pixels depend on nothing else."""
+    return [generator(derive_seed(ctx.seed, strategy, index, k)) for k in range(ctx.num_per_image)]
+
+
+def steps(pretrained: str) -> int:
+    return TINY_STEPS if pretrained == TINY else STEPS
+
+
+def fit(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize and centre-crop to the generation resolution, as the trainer does."""
+    return ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
+
+
+def img2img_steps(strength: float, schedule: int) -> int:
+    """A schedule long enough that img2img runs at least one step (it runs int(steps x strength))."""
+    return max(schedule, math.floor(1 / strength) + 1)
+
+
+@functools.cache
+def img2img_pipeline(pretrained: str) -> StableDiffusionImg2ImgPipeline:
+    base = base_pipeline(pretrained)
+    # from_pipe shares the weights; a scheduler of its own keeps img2img's begin index out of the others'.
+    pipe = StableDiffusionImg2ImgPipeline.from_pipe(base, scheduler=base.scheduler.from_config(base.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@register("img2img")
+def img2img(images, ctx: Context) -> list[list[Augmented]]:
+    if ctx.strength == 0 or ctx.num_per_image == 0:
+        return [[Augmented(image.copy()) for _ in range(ctx.num_per_image)] for image in images]
+    pipe = img2img_pipeline(ctx.pretrained)
+    out = []
+    for i, image in enumerate(images):
+        n = ctx.num_per_image
+        rendered = pipe(prompt=draw_prompts(ctx, "img2img", i), image=[fit(image, ctx.resolution)] * n,
+                        strength=ctx.strength, num_inference_steps=img2img_steps(ctx.strength, steps(ctx.pretrained)),
+                        guidance_scale=GUIDANCE_SCALE, generator=generators(ctx, "img2img", i)).images
+        out.append([Augmented(r) for r in rendered])
+    return out

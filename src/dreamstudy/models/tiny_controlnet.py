@@ -1,0 +1,96 @@
+"""ControlNets by name: a hub id or local folder, or "tiny", a random-init one matching the tiny model.
+
+The tiny ControlNet starts as ControlNet training does, from a copy of the UNet's encoder
+(`ControlNetModel.from_unet`). Its zero convolutions are then re-initialised at random: left at zero,
+the control image would change nothing, and a ControlNet that is never wired in would go unnoticed.
+Like the tiny model, its images are noise: it tests the plumbing, not the method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from huggingface_hub.errors import HFValidationError
+
+from dreamstudy.models.loading import TINY, ModelLoadError, cache_dir, tiny_fingerprint, tiny_folder
+
+TINY_CONTROLNET_SEED = 0
+# Bump when build_tiny_controlnet changes in a way the fingerprint's recipe does not show.
+TINY_CONTROLNET_BUILD_VERSION = 1
+# Four entries = three stride-2 convolutions: the control image goes from pixels to latents (x1/8)
+# as in SD's ControlNets, with fewer channels than their (16, 32, 96, 256).
+CONDITIONING_CHANNELS = (8, 16, 32, 32)
+
+
+def build_tiny_controlnet(folder: str | Path, unet: UNet2DConditionModel, seed: int = TINY_CONTROLNET_SEED) -> None:
+    """Save a ControlNet for `unet` (safetensors) into `folder`; the same unet and seed give the same bytes."""
+    with torch.random.fork_rng(devices=[]):  # seed init, leave the caller's RNG state alone
+        torch.manual_seed(seed)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS)
+        zero_convs = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+                      controlnet.controlnet_mid_block]
+        for conv in zero_convs:
+            pass
+    controlnet.save_pretrained(folder, safe_serialization=True)
+
+
+def tiny_controlnet_fingerprint() -> str:
+    """Hash of everything that decides the tiny ControlNet's bytes (the tiny model's recipe included)."""
+    recipe = {"build": TINY_CONTROLNET_BUILD_VERSION, "seed": TINY_CONTROLNET_SEED,
+              "conditioning_channels": CONDITIONING_CHANNELS, "tiny": tiny_fingerprint()}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """`folder`, built by `build` on first use in a temporary sibling and renamed into place.
+
+    The rename is atomic, so the folder is complete or absent, and of two concurrent builders the
+    later one finds it taken and discards its copy (the recipe of models.loading.tiny_folder).
+    """
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        build(tmp)
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def tiny_controlnet_folder() -> Path:
+    """The tiny ControlNet's folder in the model cache, next to the tiny model's, built on first use."""
+    def build(tmp: Path) -> None:
+        unet = UNet2DConditionModel.from_pretrained(tiny_folder(), subfolder="unet", use_safetensors=True)
+        build_tiny_controlnet(tmp, unet)
+    return build_once(cache_dir() / f"tiny-controlnet-{tiny_controlnet_fingerprint()}", build)
+
+
+def load_controlnet(name: str, *, torch_dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> ControlNetModel:
+    """A ControlNet from a hub id or local folder, or the tiny one for "tiny"; ModelLoadError if it can't be had."""
+    source = str(tiny_controlnet_folder()) if name == TINY else name
+    try:
+        controlnet = ControlNetModel.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)
+    except (OSError, HFValidationError) as err:
+        raise ModelLoadError(
+            f"cannot load ControlNet weights '{name}' ({type(err).__name__}: {err}).\n"
+            "To get them, do one of:\n"
+            "  - connect to the internet: the first run downloads them into the Hugging Face cache;\n"
+            "  - set HF_HOME to a Hugging Face cache that already holds them;\n"
+            "  - use a local diffusers ControlNet folder (one with config.json and safetensors weights);\n"
+            "  - or set `model.pretrained: tiny`, which uses the built-in offline random-init ControlNet."
+        ) from err
+    return controlnet.to(device)
