@@ -36,6 +36,7 @@ import yaml
 
 from dreamstudy.augment import read_training_set
 from dreamstudy.data.fetch import fetch_dreambench
+from dreamstudy.layout import CLASS_PRIORS, DATASET, Layout
 from dreamstudy.methods import METHODS
 from dreamstudy.models.loading import cache_dir, resolve_pretrained
 
@@ -46,6 +47,8 @@ REFERENCE_URL = "https://raw.githubusercontent.com/huggingface/diffusers/v{versi
 NEVER = 10**9  # checkpoint interval that never comes, for both sides
 TARGET_SPEEDUP = 1.2  # ours vs reference, steady steps/s and whole run (the issue)
 TARGET_BARE_OVERHEAD = 0.10  # our step at most 10% slower than the bare step
+LAYOUT = Layout()  # the main study's folders
+STRATEGY = "none"  # the original images, as the reference scripts train on them
 VERSIONS = ("torch", "diffusers", "transformers", "peft", "accelerate", "dvclive")
 
 
@@ -95,7 +98,7 @@ def machine_info(threads: int) -> dict:
 
 
 def prepare(root: Path, subject: str, methods: list[str], resolution: int, steps: int) -> tuple[Path, Path, str]:
-    """A working folder as the DAG leaves it before `train` (data/dreambench, data/augmented/none/<subject>,
+    """A DVC working folder as the DAG leaves it before `train` (data/dreambench, data/augmented/none/<subject>,
     data/class_priors, params.yaml), and a folder of the same images for the reference scripts.
 
     Returns (working folder, reference image folder, instance caption)."""
@@ -103,22 +106,24 @@ def prepare(root: Path, subject: str, methods: list[str], resolution: int, steps
     params = yaml.safe_load((REPO / "params.smoke.yaml").read_text())
     params["data"].update(subjects=[subject], image_size=resolution)
     params["model"]["resolution"] = resolution
-    params["aug"]["strategies"] = ["none"]
+    params["aug"]["strategies"] = [STRATEGY]
     params["train"].update(methods=methods, checkpoint_every=NEVER)
     for method in methods:  # the reference scripts' defaults: no prior preservation, frozen text encoder
         params["train"][method].update(steps=steps, batch_size=1, prior_preservation=False)
     work.mkdir(parents=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    fetch_dreambench("embedded", work / "data" / "dreambench", image_size=resolution)
-    subprocess.run([sys.executable, REPO / "stages" / "augment.py", "--subject", subject, "--strategy", "none"],
+    # `dvc repro` runs stages in a DVC repository, where dvclive also signals each step to DVC's tooling
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=work, check=True)
+    fetch_dreambench("embedded", work / DATASET, image_size=resolution)
+    subprocess.run([sys.executable, REPO / "stages" / "augment.py", "--subject", subject, "--strategy", STRATEGY],
                    cwd=work, check=True, capture_output=True)
-    (work / "data" / "class_priors").mkdir()
+    (work / CLASS_PRIORS).mkdir()
     instances = root / "instances"  # the reference scripts read every file of the folder as an image
     instances.mkdir()
-    examples = read_training_set(work / "data" / "augmented" / "none" / subject)
-    for path, _ in examples:
-        shutil.copy(path, instances)
-    return work, instances, examples[0][1]
+    examples = read_training_set(work / LAYOUT.augmented(STRATEGY, subject))
+    for example in examples:
+        shutil.copy(example.image, instances)
+    return work, instances, examples[0].caption
 
 
 @dataclass(frozen=True)
@@ -146,12 +151,12 @@ class Bench:
                     f"--resolution={a.resolution}", "--train_batch_size=1", f"--max_train_steps={a.steps}",
                     f"--checkpointing_steps={NEVER}", f"--learning_rate={lr}", "--seed=0",
                     f"--output_dir={out}"], self.root, out, self.env
-        for folder in ("models", "results", "checkpoints"):  # every run of ours starts from the DAG's inputs
+        cell = (method, STRATEGY, a.subject)
+        for folder in (LAYOUT.train_log(*cell), LAYOUT.checkpoint(*cell)):  # each run starts from the DAG's inputs
             shutil.rmtree(self.work / folder, ignore_errors=True)
         repo = self.sides[side]
-        return ([repo / "stages" / "train.py", "--subject", a.subject, "--method", method, "--strategy", "none"],
-                self.work, self.work / "models" / method / "none" / a.subject,
-                dict(self.env, PYTHONPATH=str(repo / "src")))
+        return ([repo / "stages" / "train.py", "--subject", a.subject, "--method", method, "--strategy", STRATEGY],
+                self.work, self.work / LAYOUT.model(*cell), dict(self.env, PYTHONPATH=str(repo / "src")))
 
     def run(self, side: str, method: str, repeat: int) -> dict:
         """One side's whole run (plain) and step-timed run: steady step times and whole-run times."""
@@ -196,11 +201,13 @@ def steady(run: dict, warmup: int) -> dict:
 
 
 def bare_run(model: str, method: str, resolution: int, env: dict) -> dict:
+    """Median bare step (bench/bare_step.py) with torch's default AdamW and, as `fused_*`, fused AdamW."""
     done = subprocess.run([sys.executable, BENCH / "bare_step.py", model, method, f"--resolution={resolution}"],
                           env=env, check=True, capture_output=True, text=True)
     times = json.loads(done.stdout)
-    return {"step_s": statistics.median(times["wall"]), "step_cpu_s": statistics.median(times["cpu"]),
-            "torch_threads": times["torch_threads"]}
+    return {f"{prefix}{key}": statistics.median(times[optimizer][clock])
+            for prefix, optimizer in (("", "adamw"), ("fused_", "adamw_fused"))
+            for key, clock in (("step_s", "wall"), ("step_cpu_s", "cpu"))}
 
 
 def median_of(runs: list[dict], key: str) -> float:
@@ -209,7 +216,7 @@ def median_of(runs: list[dict], key: str) -> float:
 
 def summarize(runs: dict[str, list[dict]], bare: list[dict], sides: list[str]) -> dict:
     """Medians over repeats per side; ratios of each of our sides to the reference and to the bare step."""
-    out = {"bare_step_s": median_of(bare, "step_s"), "bare_step_cpu_s": median_of(bare, "step_cpu_s")}
+    out = {f"bare_{key}": median_of(bare, key) for key in bare[0]}
     for side in sides:
         r = runs[side]
         out[side] = {key: median_of(r, key) for key in
@@ -223,6 +230,7 @@ def summarize(runs: dict[str, list[dict]], bare: list[dict], sides: list[str]) -
         s["steady_speedup_cpu"] = out["reference"]["step_cpu_s"] / s["step_cpu_s"]
         s["step_over_bare"] = s["step_s"] / out["bare_step_s"] - 1
         s["step_over_bare_cpu"] = s["step_cpu_s"] / out["bare_step_cpu_s"] - 1
+        s["step_over_fused_bare"] = s["step_s"] / out["bare_fused_step_s"] - 1
         s["whole_run_speedup"] = out["reference"]["to_weights_s"] / s["to_weights_s"]
         s["whole_run_speedup_cpu"] = out["reference"]["cpu_s"] / s["cpu_s"]
         s["targets_met"] = {"steady_speedup": s["steady_speedup"] >= TARGET_SPEEDUP,
@@ -232,20 +240,26 @@ def summarize(runs: dict[str, list[dict]], bare: list[dict], sides: list[str]) -
 
 
 def print_table(summary: dict, steps: int) -> None:
-    print(f"\n{'method':11} {'side':12} {'steps/s':>8} {'step ms':>8} {'vs bare':>8} {'1st step s':>10} "
-          f"{f'{steps} steps s':>12} {'cpu s':>7} {'steady x':>9} {'whole x':>8}")
+    """Wall-clock figures, each with its CPU-time counterpart in brackets (the load-robust one)."""
+    print(f"\n{'method':11} {'side':11} {'steps/s':>7} {'step ms (cpu)':>14} {'vs bare':>7} {'1st step s':>10} "
+          f"{f'{steps} steps s (cpu)':>19} {'steady x (cpu)':>15} {'whole x (cpu)':>14}")
     for method, s in summary.items():
-        print(f"{method:11} {'bare':12} {1 / s['bare_step_s']:8.1f} {1000 * s['bare_step_s']:8.2f}")
+        for label, key in (("bare", "bare_step_s"), ("bare fused", "bare_fused_step_s")):
+            cpu = s[key.replace("step_s", "step_cpu_s")]
+            print(f"{method:11} {label:11} {1 / s[key]:7.1f} {1000 * s[key]:6.2f} ({1000 * cpu:5.2f})")
         for side, r in s.items():
             if not isinstance(r, dict):
                 continue
-            ratios = (f"{100 * r['step_over_bare']:+7.1f}%", f"{r['steady_speedup']:8.2f}x",
-                      f"{r['whole_run_speedup']:7.2f}x") if side != "reference" else ("", "", "")
-            print(f"{method:11} {side:12} {r['steps_per_s']:8.1f} {1000 * r['step_s']:8.2f} {ratios[0]:>8} "
-                  f"{r['to_first_step_s']:10.2f} {r['to_weights_s']:12.2f} {r['cpu_s']:7.2f} "
-                  f"{ratios[1]:>9} {ratios[2]:>8}")
-    print(f"(x = reference time / ours; targets: steady and whole-run >= {TARGET_SPEEDUP}x, "
-          f"step within {100 * TARGET_BARE_OVERHEAD:.0f}% of bare)")
+            line = (f"{method:11} {side:11} {r['steps_per_s']:7.1f} {1000 * r['step_s']:6.2f} "
+                    f"({1000 * r['step_cpu_s']:5.2f}) ")
+            line += f"{100 * r['step_over_bare']:+6.1f}%" if side != "reference" else " " * 7
+            line += f" {r['to_first_step_s']:10.2f} {r['to_weights_s']:10.2f} ({r['cpu_s']:6.2f})"
+            if side != "reference":
+                line += (f" {r['steady_speedup']:6.2f}x ({r['steady_speedup_cpu']:4.2f}x)"
+                         f" {r['whole_run_speedup']:5.2f}x ({r['whole_run_speedup_cpu']:4.2f}x)")
+            print(line)
+    print(f"(x = reference time / ours; targets: steady and whole run >= {TARGET_SPEEDUP}x, step within "
+          f"{100 * TARGET_BARE_OVERHEAD:.0f}% of the bare step with torch's default AdamW, as diffusers' scripts)")
 
 
 def parse_variant(text: str) -> tuple[str, Path]:

@@ -1,12 +1,13 @@
 """DVC stage `class_priors`: "a photo of a {class}" images of every class in the study, for prior preservation."""
 
 from dreamstudy.cli import stage_args
+from dreamstudy.layout import CLASS_PRIORS
 from dreamstudy.sampling.priors import class_priors_from_params
 
 
 def main(argv=None) -> None:
     _, p = stage_args(__doc__, argv=argv)
-    class_priors_from_params(p, "data/class_priors")
+    class_priors_from_params(p, CLASS_PRIORS)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,12 @@ from dreamstudy.report.ablation import write_ablation_report
 def main(argv=None) -> None:
     args, p = stage_args(__doc__, argv=argv)
     layout = args.layout
-    write = write_ablation_report if args.study == "ablation" else write_report
-    for path in write(load_results(layout.results), layout.paper, seed=p.seed):
+    results = load_results(layout.results, memorization_threshold=p.eval.memorization_threshold)
+    if args.study == "ablation":
+        written = write_ablation_report(results, layout.paper, seed=p.seed)
+    else:
+        written = write_report(results, layout.paper)
+    for path in written:
         print(path)
 
 

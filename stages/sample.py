@@ -5,6 +5,7 @@ from dreamstudy.data.fetch import load_dataset
 from dreamstudy.layout import DATASET
 from dreamstudy.methods import get_method
 from dreamstudy.models.loading import load_pipeline
+from dreamstudy.sampling.priors import class_images
 from dreamstudy.sampling.sample import dreambench_specs, generate, use_scheduler
 
 
@@ -22,6 +23,7 @@ def main(argv=None) -> None:
     generate(pipe, specs, args.layout.samples(*cell), resolution=p.model.resolution,
              num_inference_steps=p.sample.num_inference_steps, guidance_scale=p.sample.guidance_scale,
              batch_size=p.sample.batch_size,
+             class_specs=class_images(subject.class_name, p.sample.pres_images, p.seed),
              extra={"class": subject.class_name, "method": args.method, "strategy": args.label,
                     "strength": args.strength, "identifier": token, "model": p.model.pretrained})
 

@@ -116,3 +116,15 @@ def test_sigkilled_training_resumes_to_the_same_weights(smoke):
     log = run(["dvc", "repro", "train@dog-lora-none"], repo)
     assert "resuming from the checkpoint at step" in log
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == uninterrupted
+
+
+def test_changing_one_strength_reruns_only_its_column(smoke):
+    repo, log = smoke
+    assert {"evaluate_ablation", "report_ablation"} <= stages_run(log)
+    assert (repo / "paper/ablation/ablation.tex").is_file()
+    ran = stages_run(run(["dvc", "exp", "run", "-S", "ablation.strengths=[0.5,0.75]"], repo))
+    grid = {s for s in ran if s.startswith(("augment_ablation@", "train_ablation@", "sample_ablation@"))}
+    assert grid == {f"{stage}_ablation@dog-{strategy}-0.75" for stage in ("augment", "train", "sample")
+                    for strategy in ("classic", "scale")}
+    assert {"evaluate_ablation", "report_ablation"} <= ran
+    assert not ran & {"fetch_data", "class_priors", "evaluate", "report"}

@@ -25,14 +25,6 @@ controlnet_module = importlib.import_module("dreamstudy.augment.controlnet")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model gains nothing from threads; on a shared CPU they contend
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
 def cache(tmp_path_factory):
     # A fresh model cache, and no pipeline cached in this process from another one, so that the tiny
     # model and ControlNet are built and loaded here.
@@ -95,9 +87,13 @@ def test_strength_zero_gives_originals_without_the_model(monkeypatch, strategy):
 
 @pytest.mark.parametrize("strength", [1e-3, 0.01, 0.05, 0.1, 1 / 3, 0.5, 0.99, 1.0])
 def test_img2img_always_denoises_at_least_one_step(strength):
-    steps = img2img_steps(strength, 20)
-    assert steps >= 20 and int(steps * strength) >= 1  # the number of steps diffusers runs
+    steps = img2img_steps(strength, 20, 1000)
+    assert 20 <= steps <= 1000 and int(steps * strength) >= 1  # the number of steps diffusers runs
     assert strength < 0.1 or steps == 20
+
+
+def test_img2img_schedule_stops_at_one_step_per_timestep():
+    assert img2img_steps(1e-9, 20, 1000) == 1000
 
 
 def test_img2img_renders_at_resolution_by_seed_and_strength():
@@ -146,9 +142,10 @@ def test_controlnet_follows_the_control_image():
     # Same seed, prompt and noise (both at index 0): only the edge maps differ, so must the images
     # (a ControlNet with zero convolutions, or one not wired in, would give the same pixels).
     a, b = noise(0), noise(1)
-    assert not np.array_equal(np.asarray(canny_edges(a.resize((32, 32)))), np.asarray(canny_edges(b.resize((32, 32)))))
-    run = lambda image: np.asarray(get_strategy("controlnet")([image], ctx(1.0, 1, seed=5))[0][0].image)  # noqa: E731
-    assert np.array_equal(run(a), run(a)) and not np.array_equal(run(a), run(b))
+    edges = [np.asarray(canny_edges(image.resize((32, 32)))) for image in (a, b)]
+    assert not np.array_equal(*edges)
+    run = [np.asarray(get_strategy("controlnet")([image], ctx(1.0, 1, seed=5))[0][0].image) for image in (a, a, b)]
+    assert np.array_equal(run[0], run[1]) and not np.array_equal(run[0], run[2])
 
 
 def test_tiny_controlnet_builds_deterministically(tmp_path):

@@ -17,12 +17,16 @@ from PIL import Image
 
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import write_jsonl
+from dreamstudy.layout import class_folder
 from dreamstudy.metrics import study
 from dreamstudy.metrics.encoders import EncoderLoadError, load_encoders
-from dreamstudy.metrics.evaluate import PER_IMAGE_COLUMNS, aggregate, evaluate_samples
+from dreamstudy.metrics.evaluate import PER_IMAGE_COLUMNS, aggregate, breakdown, evaluate_samples
 from dreamstudy.metrics.similarity import mean_pairwise_cosine, remove_identifier
+from dreamstudy.sampling.priors import class_images
 
 REPO = Path(__file__).resolve().parents[1]
+ENCODERS_JSON = {"pretrained": False, "clip": "ViT-B-32 (random init)", "dino": "vit_small_patch16_224 (random init)",
+                 "lpips": "alex (random backbone)"}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +92,22 @@ def test_scores_known_answers(encoders, tmp_path):
     assert identical["clip_t"] == pytest.approx(same_prompt["clip_t"], abs=1e-6)  # identifier removed
     assert abs(identical["clip_t"] - other_prompt["clip_t"]) > 1e-3  # ... yet the text does count
     assert different["dino"] < 0.99 and different["clip_i"] < 0.99
+    assert identical["live"] and identical["mem_dino"] == pytest.approx(1, abs=1e-5)
+
+
+def test_copy_of_a_training_image_is_memorized(encoders, tmp_path):
+    # Two distinct training photos: a copy of one is far from their mean, but at its nearest it is identical.
+    references = [save(noise(0), tmp_path / "ref0.png"), save(solid((30, 160, 60)), tmp_path / "ref1.png")]
+    copy = save(noise(0), tmp_path / "copy.png")
+    fresh = save(solid((200, 30, 30)), tmp_path / "fresh.png")
+    samples = [sample_row(copy, "a sks dog", image_index=0), sample_row(fresh, "a sks dog", image_index=1)]
+    per_image = evaluate_samples(samples, {"dog": references}, encoders, memorization_threshold=0.9)
+
+    copied, new = per_image.to_dict("records")
+    assert copied["mem_dino"] == pytest.approx(1, abs=1e-5) and copied["mem_clip_i"] == pytest.approx(1, abs=1e-5)
+    assert copied["dino"] < 0.9 and copied["memorized"]  # the mean would miss the copy; the nearest does not
+    assert new["mem_dino"] < 0.9 and not new["memorized"]
+    assert new["mem_dino"] >= new["dino"] and new["mem_clip_i"] >= new["clip_i"]  # max >= mean
 
 
 def test_per_image_means_are_the_mean_over_all_pairs(encoders, tmp_path):
@@ -118,34 +138,69 @@ def test_missing_references_name_the_subject(encoders, tmp_path):
         evaluate_samples([sample_row(image, "a sks cat", subject="cat2")], {"dog": [image]}, encoders)
 
 
-def test_aggregate_means_on_hand_made_frame():
-    def image(method, strategy, subject, klass, prompt_index, dino, clip_i, clip_t):
-        return {"subject": subject, "class": klass, "method": method, "strategy": strategy,
-                "prompt_index": prompt_index, "prompt_kind": "property", "prompt": f"p{prompt_index}",
-                "image_index": 0, "seed": 0, "file": "x.png", "dino": dino, "clip_i": clip_i, "clip_t": clip_t}
+def hand_image(method, strategy, subject, prompt_index, dino, clip_i, clip_t, mem_dino=0.5, kind="property"):
+    return {"subject": subject, "class": SUBJECTS[subject], "method": method, "strategy": strategy,
+            "prompt_index": prompt_index, "prompt_kind": kind, "prompt": f"p{prompt_index}",
+            "image_index": 0, "seed": 0, "file": "x.png", "dino": dino, "clip_i": clip_i, "clip_t": clip_t,
+            "live": SUBJECTS[subject] == "dog", "mem_dino": mem_dino, "mem_clip_i": mem_dino,
+            "memorized": mem_dino > 0.9}
 
-    per_image = pd.DataFrame([
-        image("lora", "none", "dog", "dog", 0, 0.2, 0.5, 0.1),
-        image("lora", "none", "dog", "dog", 0, 0.4, 0.7, 0.3),
-        image("lora", "none", "dog", "dog", 1, 0.9, 0.9, 0.2),
-        image("lora", "none", "can", "can", 0, 0.1, 0.3, 0.2),
-        image("lora", "classic", "dog", "dog", 0, 0.6, 0.8, 0.4),
-    ])
-    per_prompt, per_subject, summary = aggregate(per_image)
+
+HAND_MADE = pd.DataFrame([
+    hand_image("lora", "none", "dog", 0, 0.2, 0.5, 0.1, mem_dino=0.95),
+    hand_image("lora", "none", "dog", 0, 0.4, 0.7, 0.3),
+    hand_image("lora", "none", "dog", 1, 0.9, 0.9, 0.2, kind="recontextualization"),
+    hand_image("lora", "none", "can", 0, 0.1, 0.3, 0.2),
+    hand_image("lora", "classic", "dog", 0, 0.6, 0.8, 0.4),
+])
+
+
+def test_aggregate_means_on_hand_made_frame():
+    div = pd.DataFrame({"method": "lora", "strategy": ["none", "none", "none", "classic"],
+                        "subject": ["dog", "dog", "can", "dog"], "prompt_index": [0, 1, 0, 0],
+                        "div": [0.2, 0.4, np.nan, 0.3]})
+    pres = pd.DataFrame({"method": ["lora"], "strategy": ["none"], "subject": ["dog"],
+                         "pres": [0.6], "pres_base": [0.5]})
+    per_prompt, per_subject, summary = aggregate(HAND_MADE, div, pres)
 
     dog_prompt0 = per_prompt.query("strategy == 'none' and subject == 'dog' and prompt_index == 0").iloc[0]
     assert dog_prompt0.dino == pytest.approx(0.3) and dog_prompt0.clip_i == pytest.approx(0.6)
     assert dog_prompt0.n_images == 2 and dog_prompt0.prompt_kind == "property"
-    assert len(per_prompt) == 4
+    assert dog_prompt0.memorized == pytest.approx(0.5) and dog_prompt0["div"] == pytest.approx(0.2)
+    assert len(per_prompt) == 4 and per_prompt.columns[-1] == "n_images"
 
     dog = per_subject.query("strategy == 'none' and subject == 'dog'").iloc[0]
     assert dog.dino == pytest.approx(0.5) and dog.n_images == 3 and bool(dog.live)
-    assert not per_subject.query("subject == 'can'").iloc[0].live
+    assert dog["div"] == pytest.approx(0.3) and dog.memorized == pytest.approx(1 / 3)
+    assert (dog.pres, dog.pres_base) == (pytest.approx(0.6), pytest.approx(0.5))
+    can = per_subject.query("subject == 'can'").iloc[0]
+    assert not can.live and np.isnan(can["div"]) and np.isnan(can.pres)  # no pair of images, no PRES images
 
     # Over ALL images, not a mean of subject means: (0.2 + 0.4 + 0.9 + 0.1) / 4, not (0.5 + 0.1) / 2.
-    assert summary["lora"]["none"] == pytest.approx({"dino": 0.4, "clip_i": 0.6, "clip_t": 0.2, "n_images": 4})
-    assert summary["lora"]["classic"]["n_images"] == 1
-    json.dumps(summary)  # plain Python numbers, ready for summary.json
+    assert summary["lora"]["none"] == pytest.approx({
+        "dino": 0.4, "clip_i": 0.6, "clip_t": 0.2, "div": 0.3, "pres": 0.6, "pres_base": 0.5,
+        "memorized": 0.25, "n_images": 4})
+    assert summary["lora"]["classic"]["n_images"] == 1 and np.isnan(summary["lora"]["classic"]["pres"])
+    json.dumps(study.json_numbers(summary), allow_nan=False)  # plain numbers and nulls for summary.json
+
+
+def test_aggregate_without_div_and_pres_gives_nan_columns():
+    per_prompt, per_subject, summary = aggregate(HAND_MADE)
+    assert per_prompt["div"].isna().all() and per_subject[["div", "pres", "pres_base"]].isna().all().all()
+    assert study.json_numbers(summary)["lora"]["none"]["pres"] is None
+
+
+def test_breakdown_by_prompt_kind_and_live():
+    table = breakdown(HAND_MADE)
+    assert list(table.columns) == ["method", "strategy", "by", "group", "metric", "value"]
+    value = table.set_index(["strategy", "by", "group", "metric"])["value"]
+    assert value["none", "prompt_kind", "property", "dino"] == pytest.approx((0.2 + 0.4 + 0.1) / 3)
+    assert value["none", "prompt_kind", "recontextualization", "dino"] == pytest.approx(0.9)
+    assert value["none", "live", "live", "clip_t"] == pytest.approx(0.2)  # (0.1 + 0.3 + 0.2) / 3
+    assert value["none", "live", "object", "memorized"] == 0
+    assert value["none", "live", "live", "memorized"] == pytest.approx(1 / 3)
+    assert set(table["by"]) == {"prompt_kind", "live"} and set(table["metric"]) == {"dino", "clip_i", "clip_t",
+                                                                                    "memorized"}
 
 
 def test_random_encoders_are_deterministic(encoders):
@@ -155,8 +210,11 @@ def test_random_encoders_are_deterministic(encoders):
     assert torch.equal(encoders.embed_images_clip(images), again.embed_images_clip(images))
     assert torch.equal(encoders.embed_images_dino(images), again.embed_images_dino(images))
     assert torch.equal(encoders.embed_texts(texts), again.embed_texts(texts))
-    assert again.describe() == {"pretrained": False, "clip": "ViT-B-32 (random init)",
-                                "dino": "vit_small_patch16_224 (random init)"}
+    trunk = [(key, value) for key, value in encoders.lpips.state_dict().items() if key.startswith("net.")]
+    assert all(torch.equal(value, again.lpips.state_dict()[key]) for key, value in trunk)
+    other_seed = load_encoders(pretrained=False, seed=1).lpips.state_dict()
+    assert not torch.equal(trunk[0][1], other_seed[trunk[0][0]])  # the seed does decide the random trunk
+    assert again.describe() == ENCODERS_JSON
 
 
 def test_pretrained_offline_error_says_what_failed_and_the_way_out(monkeypatch, tmp_path):
@@ -174,7 +232,8 @@ def run_stage(argv):
 
 
 def make_study_tree(root: Path) -> None:
-    """data/dreambench with two subjects, and samples of two runs (one subject each)."""
+    """data/dreambench with two subjects, samples of two runs each (one prompt, two images: a copy of the
+    subject's first photo and noise), PRES images, and the dog's class images (none for backpack)."""
     dataset = root / "data" / "dreambench"
     subjects = {"dog": [noise(10), noise(11)], "backpack": [solid((30, 160, 60))]}
     manifest = {"subjects": [
@@ -183,6 +242,9 @@ def make_study_tree(root: Path) -> None:
                    for i, image in enumerate(images)]}
         for name, images in subjects.items()]}
     (dataset / "manifest.json").write_text(json.dumps(manifest))
+    pres_specs = class_images("dog", 2, seed=0)  # params.smoke.yaml's seed
+    for spec, image in zip(pres_specs, [solid((90, 90, 90)), noise(30)]):
+        save(image, class_folder(root / "data" / "class_priors", "dog") / spec.file)
     for strategy, subject in itertools.product(("none", "classic"), ("dog", "backpack")):
         folder = root / "results" / "samples" / "lora" / strategy / subject
         rows = []
@@ -192,6 +254,12 @@ def make_study_tree(root: Path) -> None:
                              strategy=strategy)
             rows.append({key: value for key, value in row.items() if key != "path"})
         write_jsonl(folder / "samples.jsonl", rows)
+        pres_rows = []
+        for spec, image in zip(class_images(SUBJECTS[subject], 2, seed=0), [solid((90, 90, 90)), noise(31)]):
+            save(image, folder / "pres" / spec.file)
+            pres_rows.append({"prompt": spec.prompt, "seed": spec.seed, "file": f"pres/{spec.file}",
+                              "class": SUBJECTS[subject], "method": "lora", "strategy": strategy})
+        write_jsonl(folder / "pres.jsonl", pres_rows)
 
 
 def stage_args(root: Path, monkeypatch) -> list[str]:
@@ -202,20 +270,46 @@ def stage_args(root: Path, monkeypatch) -> list[str]:
 
 def test_stage_writes_all_metrics(encoders, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "load_encoders", lambda *args, **kwargs: encoders)
+    monkeypatch.setenv("DREAMSTUDY_CACHE", str(tmp_path / "cache"))
     make_study_tree(tmp_path)
     run_stage(stage_args(tmp_path, monkeypatch))
 
     out = tmp_path / "results" / "metrics"
     assert sorted(p.name for p in out.iterdir()) == [
-        "encoders.json", "per_image.csv", "per_prompt.csv", "per_subject.csv", "summary.json"]
+        "breakdown.csv", "encoders.json", "per_image.csv", "per_prompt.csv", "per_subject.csv",
+        "real_images.csv", "stats.csv", "summary.json", "tests.csv"]
     per_image = pd.read_csv(out / "per_image.csv")
     assert len(per_image) == 8 and list(per_image.columns) == list(PER_IMAGE_COLUMNS)
     first_of_dog = per_image.query("subject == 'dog' and image_index == 0").iloc[0]
-    assert first_of_dog.clip_i < 1  # a copy of one of two distinct references
+    assert first_of_dog.clip_i < 1  # a copy of one of two distinct references ...
+    assert first_of_dog.mem_dino == pytest.approx(1, abs=1e-5) and first_of_dog.memorized  # ... is memorized
+    assert per_image["live"].tolist() == [name == "dog" for name in per_image["subject"]]
+
+    per_prompt = pd.read_csv(out / "per_prompt.csv")
+    assert (per_prompt["div"] > 0).all()  # two different images per prompt
+    per_subject = pd.read_csv(out / "per_subject.csv").set_index(["strategy", "subject"])
+    assert per_subject["pres"].notna().all()
+    assert per_subject["pres_base"].notna().tolist() == [s == "dog" for _, s in per_subject.index]
+    # the same PRES images as the base model's class images of the same seeds: no drift from the prior
+    assert per_subject.loc[("none", "dog"), "pres"] == pytest.approx(per_subject.loc[("none", "dog"), "pres_base"])
+
+    real = pd.read_csv(out / "real_images.csv").set_index("subject")
+    assert real.loc["dog", "dino"] < 1 and np.isnan(real.loc["backpack", "dino"])  # one photo: no pair
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["lora"]) == {"none", "classic"} and summary["lora"]["none"]["n_images"] == 4
-    assert json.loads((out / "encoders.json").read_text()) == {
-        "pretrained": False, "clip": "ViT-B-32 (random init)", "dino": "vit_small_patch16_224 (random init)"}
+    assert summary["lora"]["none"]["memorized"] == 0.5
+    assert summary["real_images"] == pytest.approx({"dino": real.loc["dog", "dino"], "clip_i": real.loc["dog", "clip_i"]})
+    assert json.loads((out / "encoders.json").read_text()) == ENCODERS_JSON
+
+    stats = pd.read_csv(out / "stats.csv")
+    assert len(stats) == 2 * 6 and (stats["n_subjects"] == 2).all()
+    assert (stats.ci_low <= stats["mean"] + 1e-12).all() and (stats["mean"] <= stats.ci_high + 1e-12).all()
+    tests = pd.read_csv(out / "tests.csv")
+    assert set(tests.strategy) == {"classic"} and len(tests) == 6
+    # classic's images are none's: every difference is 0, so no p value, and a note that says why
+    assert tests.p_value.isna().all() and (tests.note == "all differences are 0").all() and not tests.significant.any()
+    assert set(pd.read_csv(out / "breakdown.csv")["by"]) == {"prompt_kind", "live"}
+    assert list((tmp_path / "cache" / "embeddings").rglob("*.safetensors"))  # reference embeddings kept
 
 
 def test_stage_fails_clearly_before_loading_encoders(tmp_path, monkeypatch):

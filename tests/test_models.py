@@ -28,15 +28,6 @@ PROMPTS = [
 EOS_ID = 49407
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny model is too small to gain from threads; on a shared CPU they only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:

@@ -1,4 +1,5 @@
-"""The report stage on a synthetic results/ tree: 2 subjects, 1 method, 2 strategies, tiny PNGs."""
+"""The report stage on a synthetic results/ tree of the results schema: 2 subjects, 1 method, 2 strategies, tiny
+PNGs, and every number chosen so that what lands in the tables and figures is known."""
 
 from __future__ import annotations
 
@@ -15,26 +16,78 @@ from PIL import Image
 
 from dreamstudy.io import write_json, write_jsonl
 from dreamstudy.report import ResultsError, load_results, write_report
-from dreamstudy.report.figures import dino_vs_clip_t_figure, metrics_figure, samples_figure
 from dreamstudy.report.ablation import write_ablation_report
-from dreamstudy.report.load import RANDOM_INIT_LABEL, TINY_MODEL_LABEL
+from dreamstudy.report.figures import breakdown_figure, dino_vs_clip_t_figure, metrics_figure, samples_figure
+from dreamstudy.report.load import RANDOM_INIT_LABEL, STAT_METRICS, TINY_MODEL_LABEL
+from dreamstudy.report.overfitting import memorization_figure, overfitting_figure
+from dreamstudy.report.published import load_published
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECTS = {"dog": "dog", "backpack": "backpack"}
 STRATEGIES = ["none", "classic"]
 PROMPTS = ["a sks {} in the jungle", "a sks {} in the snow", "a sks {} on the beach"]
 IMAGES_PER_PROMPT = 2
+THRESHOLD = 0.9
 # Scores chosen so that every mean is known: dino = strategy base + subject offset + 0.02 * image_index.
 DINO_BASE = {"none": 0.4, "classic": 0.5}
 SUBJECT_OFFSET = {"dog": 0.0, "backpack": 0.25}
-EXPECTED_FILES = {f"figures/{name}.{ext}" for name in ["metrics", "dino_vs_clip_t", "samples_dog",
-                                                       "samples_backpack"] for ext in ["pdf", "png"]}
-EXPECTED_FILES |= {"tables/main.tex", "tables/per_subject.tex"}
+# mem_dino = 0.6 + subject offset + 0.1 * image_index: only backpack's image 1 (0.95) is above THRESHOLD, so a
+# quarter of each run's images is memorized (dog 0, backpack 0.5).
+DIV = {"none": 0.2, "classic": 0.3}
+PRES = {"none": 0.5, "classic": 0.4}     # classic / backpack has no pres.jsonl: NaN
+PRES_BASE = {"dog": 0.45}                # backpack has no class images: NaN
+CI = (-0.010, +0.020)                    # every interval of stats.csv: mean - 0.010, mean + 0.020
+REAL = {"dog": (0.8, 0.9), "backpack": (0.7, 0.85)}  # dino, clip_i among the real photos
+FIGURES = ["metrics", "dino_vs_clip_t", "breakdown", "overfitting", "memorization", "samples_dog",
+           "samples_backpack"]
+EXPECTED_FILES = {f"figures/{name}.{ext}" for name in FIGURES for ext in ["pdf", "png"]}
+EXPECTED_FILES |= {f"tables/{name}.tex" for name in ["main", "overfitting", "breakdown", "per_subject"]}
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-def make_results(root: Path, pretrained: bool = False, strategies: list[str] = STRATEGIES,
-                 model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5") -> Path:
+def make_results(root: Path, pretrained: bool = False, strategies: list[str] = STRATEGIES, model: str = SD15) -> Path:
     """A results/ tree as the sample and evaluate stages write it."""
+    per_image = make_samples(root, strategies, model)
+    metrics = root / "metrics"
+    metrics.mkdir()
+    per_image.to_csv(metrics / "per_image.csv", index=False)
+    keys = ["method", "strategy", "subject", "class", "live"]
+    scores = ["dino", "clip_i", "clip_t", "memorized"]
+    per_prompt = per_image.groupby([*keys, "prompt_index"], sort=False)[scores].mean().reset_index()
+    per_prompt["div"] = per_prompt["strategy"].map(DIV)
+    per_prompt.to_csv(metrics / "per_prompt.csv", index=False)
+    per_subject = per_image.groupby(keys, sort=False)[scores].mean().reset_index()
+    per_subject["div"] = per_subject["strategy"].map(DIV)
+    no_pres = (per_subject["strategy"] == "classic") & (per_subject["subject"] == "backpack")
+    per_subject["pres"] = per_subject["strategy"].map(PRES).mask(no_pres)
+    per_subject["pres_base"] = per_subject["subject"].map(PRES_BASE)
+    per_subject.to_csv(metrics / "per_subject.csv", index=False)
+    stats = (per_subject.melt(id_vars=["method", "strategy"], value_vars=list(STAT_METRICS), var_name="metric")
+             .groupby(["method", "strategy", "metric"], sort=False)["value"].agg(["mean", "count"]).reset_index())
+    stats = stats.assign(ci_low=stats["mean"] + CI[0], ci_high=stats["mean"] + CI[1]).rename(
+        columns={"count": "n_subjects"})
+    stats.to_csv(metrics / "stats.csv", index=False)
+    if "none" in strategies:  # the evaluate stage tests only against a `none` in the grid
+        pd.DataFrame([{"method": "lora", "strategy": "classic", "baseline": "none", "metric": metric,
+                       "mean_diff": 0.1 if metric == "dino" else 0.0, "p_value": 0.01 if metric == "dino" else 0.5,
+                       "test": "wilcoxon", "n_subjects": 2, "significant": metric == "dino"}
+                      for metric in STAT_METRICS]).to_csv(metrics / "tests.csv", index=False)
+    pd.DataFrame([{"subject": s, "dino": d, "clip_i": c} for s, (d, c) in REAL.items()]).to_csv(
+        metrics / "real_images.csv", index=False)
+    breakdown = pd.concat([
+        per_image.assign(by="prompt_kind", group=per_image["prompt_kind"]),
+        per_image.assign(by="live", group=per_image["live"]),  # written as True / False
+    ]).melt(id_vars=["method", "strategy", "by", "group"], value_vars=["dino", "clip_i", "clip_t", "memorized"],
+            var_name="metric").groupby(["method", "strategy", "by", "group", "metric"], sort=False)["value"].mean()
+    breakdown.reset_index().to_csv(metrics / "breakdown.csv", index=False)
+    write_json(metrics / "summary.json", {"lora": {s: {"dino": 0.0, "n_images": 12} for s in strategies}})
+    write_json(metrics / "encoders.json", {"pretrained": pretrained, "clip": "ViT-B-32 (openai)",
+                                           "dino": "dino_vits16", "lpips": "alex (random backbone)"})
+    return root
+
+
+def make_samples(root: Path, strategies: list[str], model: str) -> pd.DataFrame:
+    """Sample folders with samples.jsonl and 8 px PNGs; returns per_image.csv's rows."""
     rows = []
     for strategy in strategies:
         for subject, subject_class in SUBJECTS.items():
@@ -53,22 +106,16 @@ def make_results(root: Path, pretrained: bool = False, strategies: list[str] = S
                     samples.append(sample)
                     dino = DINO_BASE.get(strategy, 0.3 + 0.05 * strategies.index(strategy)) + \
                         SUBJECT_OFFSET[subject] + 0.02 * image_index
-                    rows.append({**sample, "dino": dino, "clip_i": dino + 0.2, "clip_t": 0.3})
+                    mem_dino = 0.6 + SUBJECT_OFFSET[subject] + 0.1 * image_index
+                    rows.append({**sample, "live": subject == "dog", "dino": dino, "clip_i": dino + 0.2,
+                                 "clip_t": 0.3, "mem_dino": mem_dino, "mem_clip_i": mem_dino,
+                                 "memorized": mem_dino > THRESHOLD})
             write_jsonl(folder / "samples.jsonl", samples)
-    per_image = pd.DataFrame(rows).drop(columns=["identifier", "model"])
-    (root / "metrics").mkdir()
-    per_image.to_csv(root / "metrics" / "per_image.csv", index=False)
-    keys = ["method", "strategy", "subject", "class"]
-    per_subject = per_image.groupby(keys, sort=False)[["dino", "clip_i", "clip_t"]].mean().reset_index()
-    per_subject.insert(4, "live", per_subject["class"].isin(["dog", "cat"]))
-    per_subject.to_csv(root / "metrics" / "per_subject.csv", index=False)
-    per_prompt = per_image.groupby([*keys, "prompt_index"], sort=False)[["dino", "clip_i", "clip_t"]].mean()
-    per_prompt.reset_index().to_csv(root / "metrics" / "per_prompt.csv", index=False)
-    write_json(root / "metrics" / "summary.json", {"lora": {
-        strategy: {"dino": 0.0, "clip_i": 0.0, "clip_t": 0.0, "n_images": 12} for strategy in strategies}})
-    write_json(root / "metrics" / "encoders.json", {"pretrained": pretrained, "clip": "ViT-B-32/openai",
-                                                     "dino": "dino_vits16"})
-    return root
+    return pd.DataFrame(rows).drop(columns=["identifier", "model"])
+
+
+def load(results_dir: Path):
+    return load_results(results_dir, memorization_threshold=THRESHOLD)
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +124,35 @@ def random_init_results(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def paper(random_init_results, tmp_path_factory) -> Path:
+def results(random_init_results):
+    return load(random_init_results)
+
+
+@pytest.fixture(scope="module")
+def paper(results, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("paper") / "paper"
-    write_report(load_results(random_init_results), out, seed=0)
+    write_report(results, out)
     return out
 
 
 def produced(out: Path) -> set[str]:
     return {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
 
+
+def table(paper: Path, name: str) -> str:
+    return (paper / "tables" / f"{name}.tex").read_text()
+
+
+def has_row(text: str, *cells: str) -> bool:
+    """Whether a line of `text` is exactly these LaTeX cells."""
+    return f"{' & '.join(cells)} \\\\" in text.splitlines()
+
+
+def with_ci(mean: str, mark: str = "") -> str:
+    return f"${mean}^{{+0.020}}_{{-0.010}}${mark}"
+
+
+# ---- files and tables -------------------------------------------------------------------------------------
 
 def test_every_file_is_produced_and_nothing_else(paper):
     assert produced(paper) == EXPECTED_FILES
@@ -101,32 +168,92 @@ def test_tables_are_booktabs_with_caption_and_label(paper):
             assert rule in text, f"{tex.name} lacks {rule}"
 
 
-def test_main_table_holds_the_means_over_images(paper):
-    text = (paper / "tables" / "main.tex").read_text()
-    # none: (0.4 + 0.42 + 0.65 + 0.67) / 4 = 0.535 over the 12 images; classic is 0.1 higher.
-    assert re.search(r"^lora & none & 0\.535 & 0\.735 & 0\.300 & 12 \\\\$", text, re.MULTILINE), text
-    assert re.search(r"^lora & classic & 0\.635 & 0\.835 & 0\.300 & 12 \\\\$", text, re.MULTILINE), text
+def test_main_table_shows_means_with_cis_and_marks_significance(paper):
+    text = table(paper, "main")
+    # none: (0.4 + 0.42 + 0.65 + 0.67) / 4 = 0.535; classic is 0.1 higher and its DINO alone is significant.
+    assert has_row(text, "lora", "none", with_ci("0.535"), with_ci("0.735"), with_ci("0.300"), "12"), text
+    assert has_row(text, "lora", "classic", with_ci("0.635", "*"), with_ci("0.835"), with_ci("0.300"), "12"), text
+    assert "*: p \\textless{} 0.05 against 'none'" in text and "Wilcoxon signed-rank" in text
+
+
+def test_main_table_has_the_real_images_upper_bound(paper):
+    # mean over subjects of real_images.csv: (0.8 + 0.7) / 2, (0.9 + 0.85) / 2
+    assert has_row(table(paper, "main"), "Real images (upper bound)", "--", "0.750", "0.875", "--", "--")
+
+
+def test_published_numbers_stand_beside_ours_with_their_protocol(paper):
+    text = table(paper, "main")
+    assert r"\multicolumn{6}{l}{\emph{Published (other protocols" in text
+    assert has_row(text, r"DreamBooth (SD)$^{\mathrm{a}}$", "--", "0.668", "0.803", "0.305", "--")
+    assert has_row(text, r"Real images (upper bound)$^{\mathrm{a}}$", "--", "0.774", "0.885", "--", "--")
+    assert has_row(text, r"IP-Adapter$^{\mathrm{b}}$", "--", "0.667", "0.813", "0.289", "--")
+    assert has_row(text, r"DreamBooth (Imagen)$^{\mathrm{c}}$", "without PPL", "0.712", "0.828", "0.306", "--")
+    caption = re.search(r"\\caption\{(.*)\}", text).group(1)
+    for fact in ["a: Ruiz et al., DreamBooth, CVPR 2023, Table 1 (30 subjects)", "b: DreamCache, arXiv:2411.17786",
+                 "Table 3 (15 subjects)", "not CLIPScore (2.5 x cosine)", "without the identifier token",
+                 "2 subjects x 3 prompts x 2 images per prompt", SD15, "DINO dino\\_vits16", RANDOM_INIT_LABEL]:
+        assert fact in caption, fact
+    published = load_published()  # every row of REFERENCE.md's tables
+    assert len(published) == 10 and published["dino"].notna().all()
+
+
+def test_overfitting_table_has_div_pres_memorized_and_the_ppl_ablation(paper):
+    text = table(paper, "overfitting")
+    assert "Method & Strategy & DIV & PRES & PRES (base) & Memorized" in text
+    # PRES base: dog's 0.45 (backpack has no class images); a quarter of the images memorized
+    assert has_row(text, "lora", "none", with_ci("0.200"), with_ci("0.500"), "0.450", with_ci("0.250")), text
+    # classic: PRES of dog only (backpack's run has no pres.jsonl)
+    assert has_row(text, "lora", "classic", with_ci("0.300"), with_ci("0.400"), "0.450", with_ci("0.250")), text
+    # the same source letter as in the main table: DreamBooth, Table 3
+    assert has_row(text, r"DreamBooth (Imagen)$^{\mathrm{c}}$", "with PPL", "0.391", "0.493", "--", "--"), text
+    assert "exceeds 0.9" in text and "alex (random backbone)" in text
+    assert "IP-Adapter" not in text  # no DIV or PRES published
+
+
+def test_breakdown_table_by_prompt_kind_and_live(paper):
+    text = table(paper, "breakdown")
+    for title in ["Prompt kind: recontextualization", "Subject: live", "Subject: object"]:
+        assert rf"\emph{{{title}}}" in text
+    assert text.index("Prompt kind") < text.index("Subject: live") < text.index("Subject: object")
+    # live = dog: dino 0.41 (none), 0.51 (classic); nothing of dog is memorized; object = backpack
+    assert has_row(text, "lora", "none", "0.410", "0.610", "0.300", "0.000"), text
+    assert has_row(text, "lora", "classic", "0.760", "0.960", "0.300", "0.500"), text
 
 
 def test_per_subject_table_has_a_row_per_subject_and_escapes_latex(paper):
-    text = (paper / "tables" / "per_subject.tex").read_text()
+    text = table(paper, "per_subject")
     assert r"\multicolumn{3}{c}{lora / none}" in text
     # backpack, none: 0.4 + 0.25 + 0.01 = 0.660; classic: 0.760; escaped encoder name in the caption.
     assert re.search(r"^backpack & backpack & 0\.660 & 0\.860 & 0\.300 & 0\.760 & ", text, re.MULTILINE), text
     assert r"dino\_vits16" in text
 
 
-def test_random_init_label_in_every_caption(paper, random_init_results):
+def test_no_tests_without_a_none_baseline(tmp_path):
+    results = load(make_results(tmp_path / "results", strategies=["classic", "scale"]))
+    assert not (tmp_path / "results" / "metrics" / "tests.csv").exists() and results.tests.empty
+    write_report(results, tmp_path / "paper")
+    text = table(tmp_path / "paper", "main")
+    assert "$*" not in text and "No significance tests" in text
+
+
+# ---- labels -------------------------------------------------------------------------------------------------
+
+def figure_titles(results) -> list[str]:
+    figures = [metrics_figure(results), dino_vs_clip_t_figure(results), samples_figure(results, "dog", 4),
+               breakdown_figure(results), overfitting_figure(results), memorization_figure(results)]
+    return [figure.get_suptitle() for figure in figures]
+
+
+def test_random_init_label_in_every_caption(paper, results):
     for tex in paper.glob("tables/*.tex"):
-        assert RANDOM_INIT_LABEL in tex.read_text()
-    results = load_results(random_init_results)
-    for figure in figure_titles(results):
-        assert RANDOM_INIT_LABEL in figure
+        assert RANDOM_INIT_LABEL in tex.read_text(), tex.name
+    for title in figure_titles(results):
+        assert RANDOM_INIT_LABEL in title
 
 
 def test_no_random_init_label_with_pretrained_encoders(tmp_path):
-    results = load_results(make_results(tmp_path / "results", pretrained=True))
-    write_report(results, tmp_path / "paper", seed=0)
+    results = load(make_results(tmp_path / "results", pretrained=True))
+    write_report(results, tmp_path / "paper")
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
         assert "random-init" not in tex.read_text().lower()
     for title in figure_titles(results):
@@ -134,29 +261,65 @@ def test_no_random_init_label_with_pretrained_encoders(tmp_path):
 
 
 def test_tiny_model_label_in_every_caption(tmp_path):
-    results = load_results(make_results(tmp_path / "results", pretrained=True, model="tiny"))
-    write_report(results, tmp_path / "paper", seed=0)
+    results = load(make_results(tmp_path / "results", pretrained=True, model="tiny"))
+    write_report(results, tmp_path / "paper")
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
         assert TINY_MODEL_LABEL in tex.read_text()
     assert all(TINY_MODEL_LABEL in title for title in figure_titles(results))
 
 
-def figure_titles(results) -> list[str]:
-    figures = [metrics_figure(results, seed=0), dino_vs_clip_t_figure(results), samples_figure(results, "dog", 4)]
-    return [figure.get_suptitle() for figure in figures]
+# ---- figures ------------------------------------------------------------------------------------------------
+
+def bars_and_intervals(ax) -> tuple[list[float], list[tuple[float, float]]]:
+    """Heights of an `interval_bars` panel, and the (low, high) of its error bars, strategy by strategy."""
+    heights = [round(bar.get_height(), 6) for bar in ax.patches]
+    intervals = []
+    for container in ax.containers:
+        if hasattr(container, "has_yerr"):  # an ErrorbarContainer: its vertical segments
+            intervals += [tuple(np.round(segment[:, 1], 6)) for segment in container.lines[2][0].get_segments()]
+    return heights, intervals
 
 
-def test_metric_bars_are_means_over_subjects(random_init_results):
-    figure = metrics_figure(load_results(random_init_results), seed=0)
-    dino_panel = figure.axes[0]
+def test_metric_bars_are_the_stats_means_with_their_cis(results):
+    dino_panel = metrics_figure(results).axes[0]
     assert dino_panel.get_title() == "DINO"
-    heights = sorted(round(bar.get_height(), 6) for bar in dino_panel.patches if bar.get_height() > 0)
-    assert heights == [0.535, 0.635]
-    assert len(dino_panel.lines) == 2  # one CI error bar per strategy
+    heights, intervals = bars_and_intervals(dino_panel)
+    assert heights == [0.535, 0.635]  # none, classic
+    assert intervals == [(0.525, 0.555), (0.625, 0.655)]
 
 
-def test_sample_grid_rows_are_runs_and_columns_prompts(random_init_results):
-    figure = samples_figure(load_results(random_init_results), "backpack", n_prompts=2)
+def test_overfitting_figure_shows_div_pres_with_the_base_model_and_memorized(results):
+    div, pres, memorized = overfitting_figure(results).axes[:3]
+    assert bars_and_intervals(div)[0] == [0.2, 0.3]
+    assert bars_and_intervals(memorized)[0] == [0.25, 0.25]
+    assert bars_and_intervals(pres)[0] == [0.5, 0.4]
+    ticks = pres.collections[-1]  # the base model's PRES on each bar
+    assert np.allclose(ticks.get_offsets()[:, 1], [0.45, 0.45])
+
+
+def test_memorization_histogram_has_the_threshold_line(results):
+    figure = memorization_figure(results)
+    (ax,) = figure.axes
+    assert ax.get_title() == "lora"
+    verticals = [line.get_xdata() for line in ax.lines]
+    assert [list(x) for x in verticals] == [[THRESHOLD, THRESHOLD]]
+    assert "threshold 0.9" in figure.get_suptitle()
+    low, high = ax.get_xlim()
+    assert low <= 0.6 and high >= 0.95  # every mem_dino is on the axis
+
+
+def test_breakdown_figure_bars_are_the_group_means(results):
+    figure = breakdown_figure(results)
+    dino = next(ax for ax in figure.axes if ax.get_title() == "lora: DINO")
+    labels = [tick.get_text() for tick in dino.get_xticklabels()]
+    assert labels == ["recontextualization", "live", "object"]
+    heights = [round(bar.get_height(), 6) for bar in dino.patches if bar.get_height() > 0]
+    # none: recontextualization 0.535, live 0.41, object 0.66; classic: each 0.1 higher
+    assert heights == [0.535, 0.41, 0.66, 0.635, 0.51, 0.76]
+
+
+def test_sample_grid_rows_are_runs_and_columns_prompts(results):
+    figure = samples_figure(results, "backpack", n_prompts=2)
     axes = np.array(figure.axes).reshape(2, 2)
     titles = [ax.get_title().replace("\n", " ") for ax in axes[0]]  # long prompts are wrapped
     assert titles == ["a sks backpack in the jungle", "a sks backpack in the snow"]
@@ -165,18 +328,20 @@ def test_sample_grid_rows_are_runs_and_columns_prompts(random_init_results):
     assert tuple(shown[0, 0]) == (40, 0, 50)  # classic, prompt 1, image 0
 
 
+# ---- determinism, atomic writes, inputs -----------------------------------------------------------------------
+
 def test_two_runs_give_identical_files(paper, random_init_results, tmp_path):
     again = tmp_path / "paper"
-    write_report(load_results(random_init_results), again, seed=0)
+    write_report(load(random_init_results), again)
     for name in sorted(EXPECTED_FILES):
         assert (again / name).read_bytes() == (paper / name).read_bytes(), name
     for pdf in again.glob("figures/*.pdf"):  # runs a second apart would differ by it
         assert b"/CreationDate" not in pdf.read_bytes()
 
 
-def test_failed_report_leaves_previous_output(paper, random_init_results, tmp_path, monkeypatch):
+def test_failed_report_leaves_previous_output(random_init_results, tmp_path, monkeypatch):
     out = tmp_path / "paper"
-    write_report(load_results(random_init_results), out, seed=0)
+    write_report(load(random_init_results), out)
     before = {name: (out / name).read_bytes() for name in EXPECTED_FILES}
 
     def broken(*args, **kwargs):
@@ -184,24 +349,52 @@ def test_failed_report_leaves_previous_output(paper, random_init_results, tmp_pa
 
     monkeypatch.setattr("dreamstudy.report.figures.samples_figure", broken)
     with pytest.raises(RuntimeError, match="drawing failed"):
-        write_report(load_results(random_init_results), out, seed=1)
+        write_report(load(random_init_results), out)
     assert produced(out) == EXPECTED_FILES  # no half-written files, no temporary folders
     assert {name: (out / name).read_bytes() for name in EXPECTED_FILES} == before
 
 
+def edit_csv(path: Path, change) -> None:
+    change(pd.read_csv(path)).to_csv(path, index=False)
+
+
+def metrics(root: Path, name: str) -> Path:
+    return root / "metrics" / name
+
+
+def set_cell(name: str, column: str, value, row: int = 0):
+    def damage(root: Path) -> None:
+        def change(frame):
+            frame[column] = frame[column].astype(object)
+            frame.loc[row, column] = value
+            return frame
+        edit_csv(metrics(root, name), change)
+    return damage
+
+
 @pytest.mark.parametrize("damage, named", [
-    (lambda r: (r / "metrics" / "per_image.csv").unlink(), "per_image.csv"),
-    (lambda r: (r / "metrics" / "encoders.json").write_text(json.dumps({"pretrained": "no"})), "encoders.json"),
+    (lambda r: metrics(r, "per_image.csv").unlink(), "per_image.csv"),
+    (lambda r: metrics(r, "stats.csv").unlink(), "stats.csv"),
+    (lambda r: metrics(r, "real_images.csv").unlink(), "real_images.csv"),
+    (lambda r: metrics(r, "breakdown.csv").unlink(), "breakdown.csv"),
+    (lambda r: metrics(r, "tests.csv").unlink(), "tests.csv"),  # the grid has `none`: tests are due
+    (lambda r: metrics(r, "encoders.json").write_text(json.dumps({"pretrained": "no"})), "encoders.json"),
     (lambda r: (r / "samples" / "lora" / "classic" / "dog" / "01_1.png").unlink(), "01_1.png"),
     (lambda r: (r / "samples" / "lora" / "none" / "backpack" / "samples.jsonl").unlink(), "samples.jsonl"),
-    (lambda r: pd.read_csv(r / "metrics" / "per_subject.csv").drop(columns="clip_t")
-     .to_csv(r / "metrics" / "per_subject.csv", index=False), "per_subject.csv"),
+    (lambda r: edit_csv(metrics(r, "per_subject.csv"), lambda t: t.drop(columns="clip_t")), "per_subject.csv"),
+    (lambda r: edit_csv(metrics(r, "per_subject.csv"), lambda t: t.drop(columns="pres_base")), "per_subject.csv"),
+    (set_cell("per_subject.csv", "dino", np.nan), "per_subject.csv"),   # only div and pres may be NaN
+    (set_cell("per_subject.csv", "div", "abc"), "per_subject.csv"),     # NaN may be empty, not text
+    (set_cell("stats.csv", "ci_low", np.nan), "stats.csv"),             # row 0 is dino's
+    (lambda r: edit_csv(metrics(r, "stats.csv"), lambda t: t[t["metric"] != "pres"]), "stats.csv"),
+    (lambda r: edit_csv(metrics(r, "real_images.csv"), lambda t: t.iloc[:1]), "real_images.csv"),
+    (set_cell("per_image.csv", "memorized", True), "eval.memorization_threshold"),  # scored under another one
 ])
 def test_bad_input_names_the_file(tmp_path, damage, named):
     results_dir = make_results(tmp_path / "results")
     damage(results_dir)
     with pytest.raises(ResultsError, match=re.escape(named)):
-        load_results(results_dir)
+        load(results_dir)
 
 
 def test_stage_writes_paper_from_results(random_init_results, tmp_path, monkeypatch):
@@ -216,7 +409,7 @@ def test_stage_writes_paper_from_results(random_init_results, tmp_path, monkeypa
 
 def test_ablation_report(tmp_path):
     labels = ["classic@0.5", "classic@1.0", "scale@0.5", "scale@1.0"]
-    results = load_results(make_results(tmp_path / "results", strategies=labels))
+    results = load(make_results(tmp_path / "results", strategies=labels))
     written = write_ablation_report(results, tmp_path / "paper", seed=0)
     assert {p.name for p in written} == {"ablation.tex", "plane.pdf", "plane.png", "strength.pdf", "strength.png"}
     tex = (tmp_path / "paper" / "ablation.tex").read_text()

@@ -8,6 +8,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import CLIPTokenizer
 
 from dreamstudy.methods import get_method
 from dreamstudy.methods.custom_diffusion import KV
@@ -128,7 +129,7 @@ def test_ti_artefact_loads_with_stock_load_textual_inversion(ti):
 
 def test_bad_placeholders_are_refused_before_any_model_loads(ti):
     _, parts, _ = ti
-    tokenizer = load_components("tiny").tokenizer  # only the tokenizer is needed; stands for a fresh one
+    tokenizer = CLIPTokenizer.from_pretrained(resolve_pretrained("tiny"), subfolder="tokenizer")
     size = len(tokenizer)
     check_token(tokenizer, "<sks>")
     assert len(tokenizer) == size  # the check works on a copy
@@ -151,7 +152,8 @@ def test_cd_trains_only_cross_attention_kv_and_the_placeholder_row(cd, original)
     # The UNet's own weights stay as they were: K/V train in the Custom Diffusion processors.
     now = parts.unet.state_dict()
     assert all(torch.equal(now[k], before[k]) for k in before)
-    # Applied to a stock pipeline, the artefact changes exactly those weights and the placeholder.
+    # Applied to a stock pipeline (by a fresh method object: loading needs no training state), the
+    # artefact changes exactly those weights and adds the placeholder.
     pipe = stock_pipeline()
     get_method("custom_diffusion", smoke_train_params())[0].load_into(pipe, folder)
     loaded = pipe.unet.state_dict()

@@ -66,3 +66,8 @@ class Layout:
 
 DATASET = Path("data/dreambench")
 CLASS_PRIORS = Path("data/class_priors")
+
+
+def class_folder(root: str | Path, class_name: str) -> Path:
+    """Where the class_priors stage puts the class images of `class_name` ("stuffed animal" -> stuffed_animal)."""
+    return Path(root) / class_name.replace(" ", "_")

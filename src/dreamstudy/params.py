@@ -153,6 +153,8 @@ class SampleParams(Section):
     guidance_scale: Annotated[float, Field(ge=0)] = Field(7.5, description="classifier-free guidance scale")
     scheduler: Literal[SCHEDULERS] = Field("ddim", description="diffusers scheduler")
     batch_size: PositiveInt = Field(4, description="images per pipeline call")
+    pres_images: Annotated[int, Field(ge=0)] = Field(
+        4, description="'a photo of a {class}' images per fine-tuned model, for PRES (<= priors.num_images)")
 
 
 class AblationParams(Section):
@@ -175,6 +177,8 @@ class AblationParams(Section):
 class EvalParams(Section):
     pretrained_encoders: bool = Field(True, description="real CLIP/DINO weights; false = random init, labelled")
     batch_size: PositiveInt = Field(32, description="images per encoder call")
+    memorization_threshold: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.9, description="DINO similarity to a training image above which a sample counts as a copy")
 
 
 class Params(Section):

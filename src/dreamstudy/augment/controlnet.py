@@ -77,5 +77,6 @@ def controlnet(images, ctx: Context) -> list[list[Augmented]]:
                             height=ctx.resolution, width=ctx.resolution,
                             num_inference_steps=steps(ctx.pretrained), guidance_scale=GUIDANCE_SCALE,
                             generator=generators(ctx, "controlnet", i)[:k]).images
-        out.append([Augmented(r) for r in rendered] + [Augmented(image.copy()) for _ in range(ctx.num_per_image - k)])
+        copies = [Augmented(image.copy()) for _ in range(ctx.num_per_image - k)]
+        out.append([Augmented(r) for r in rendered] + copies)
     return out

@@ -58,16 +58,18 @@ def fit(image: Image.Image, resolution: int) -> Image.Image:
     return ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
 
 
-def img2img_steps(strength: float, schedule: int) -> int:
-    """A schedule long enough that img2img runs at least one step (it runs int(steps x strength))."""
-    return max(schedule, math.floor(1 / strength) + 1)
+def img2img_steps(strength: float, schedule: int, train_steps: int) -> int:
+    """A schedule long enough that img2img runs at least one step (it runs int(steps x strength)), up to
+    one step per training timestep: below strength 1 / train_steps (0.001) it runs none."""
+    return min(max(schedule, math.floor(1 / strength) + 1), train_steps)
 
 
 @functools.cache
 def img2img_pipeline(pretrained: str) -> StableDiffusionImg2ImgPipeline:
     base = base_pipeline(pretrained)
     # from_pipe shares the weights; a scheduler of its own keeps img2img's begin index out of the others'.
-    pipe = StableDiffusionImg2ImgPipeline.from_pipe(base, scheduler=base.scheduler.from_config(base.scheduler.config))
+    scheduler = base.scheduler.from_config(base.scheduler.config)
+    pipe = StableDiffusionImg2ImgPipeline.from_pipe(base, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -77,11 +79,12 @@ def img2img(images, ctx: Context) -> list[list[Augmented]]:
     if ctx.strength == 0 or ctx.num_per_image == 0:
         return [[Augmented(image.copy()) for _ in range(ctx.num_per_image)] for image in images]
     pipe = img2img_pipeline(ctx.pretrained)
+    schedule = img2img_steps(ctx.strength, steps(ctx.pretrained), pipe.scheduler.config.num_train_timesteps)
     out = []
     for i, image in enumerate(images):
-        n = ctx.num_per_image
-        rendered = pipe(prompt=draw_prompts(ctx, "img2img", i), image=[fit(image, ctx.resolution)] * n,
-                        strength=ctx.strength, num_inference_steps=img2img_steps(ctx.strength, steps(ctx.pretrained)),
-                        guidance_scale=GUIDANCE_SCALE, generator=generators(ctx, "img2img", i)).images
+        start = [fit(image, ctx.resolution)] * ctx.num_per_image
+        rendered = pipe(prompt=draw_prompts(ctx, "img2img", i), image=start,
+                        strength=ctx.strength, num_inference_steps=schedule, guidance_scale=GUIDANCE_SCALE,
+                        generator=generators(ctx, "img2img", i)).images
         out.append([Augmented(r) for r in rendered])
     return out

@@ -34,7 +34,7 @@ def zoom_out(image: Image.Image, factor: float, rng: np.random.Generator) -> Aug
     canvas.paste(small, (left, top))
     mask = Image.new("L", image.size, 0)
     mask.paste(255, (left, top, left + small.width, top + small.height))
-    tags = (str(rng.choice(FAR)),) if factor < 0.6 else ()  # Custom Diffusion tags only clearly small ones
+    tags = (str(rng.choice(FAR)),) if small.width < 0.6 * image.width else ()  # only clearly small ones
     return Augmented(canvas, tags, mask)
 
 

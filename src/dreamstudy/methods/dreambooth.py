@@ -26,7 +26,7 @@ def save_half(model: torch.nn.Module, folder: Path) -> None:
     float16 halves the disk cost: a full UNet is 3.4 GB in float32, and the paper-scale study keeps 60 of
     them (30 subjects x 2 strategies). A copy is cast, so the caller's float32 weights are not rounded.
     """
-    copy.deepcopy(model).to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    copy.deepcopy(model).half().save_pretrained(folder, safe_serialization=True)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class DreamBooth:
 
     def token(self, identifier: str) -> str:
         return identifier
+
+    def check(self, tokenizer, token: str) -> None:
+        pass  # any word will do: the identifier trains through the fine-tuned UNet (and text encoder)
 
     def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
         models = [parts.unet, parts.text_encoder] if self.trains_text_encoder else [parts.unet]

@@ -34,6 +34,9 @@ class Method(Protocol):
     def token(self, identifier: str) -> str:
         """The word that stands for the subject in captions and prompts (e.g. "sks", "<sks>")."""
 
+    def check(self, tokenizer, token: str) -> None:
+        """Refuse, from the tokenizer alone (before any model loads), a token this method cannot train."""
+
     def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
         """Adapt `parts` (models.loading.Components) in place; return the parameters to train.
 

@@ -9,15 +9,11 @@ from pathlib import Path
 
 from dreamstudy.augment import read_training_set
 from dreamstudy.io import atomic_dir
+from dreamstudy.layout import class_folder
 from dreamstudy.methods.registry import get_method
 from dreamstudy.methods.trainer import Checkpointing, Examples, Hardware, Prior, train
-from dreamstudy.models.loading import load_components
+from dreamstudy.models.loading import load_components, load_tokenizer
 from dreamstudy.seeding import derive_seed
-
-
-def class_folder(root: str | Path, class_name: str) -> Path:
-    """Where the class_priors stage puts the class images of `class_name` ("stuffed animal" -> stuffed_animal)."""
-    return Path(root) / class_name.replace(" ", "_")
 
 
 def fingerprint(config: dict, folders: list[Path]) -> str:
@@ -37,6 +33,7 @@ def train_run(p, *, subject, method_name: str, strategy: str, training_set: str 
     """Train `method_name` on `training_set` (subject: data.dreambench.Subject) and save it to `out_dir`."""
     training_set, checkpoint_dir = Path(training_set), Path(checkpoint_dir)
     method, schedule = get_method(method_name, p.train)
+    method.check(load_tokenizer(p.model.pretrained), method.token(p.train.identifier))
     examples = Examples(read_training_set(training_set))
     inputs = [training_set]
     prior = None

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dreamstudy.methods.registry import Schedule, register
-from dreamstudy.methods.tokens import LearnedToken, load_token, placeholder
+from dreamstudy.methods.tokens import LearnedToken, check_token, load_token, placeholder
 
 
 class TextualInversion:
@@ -21,6 +21,9 @@ class TextualInversion:
 
     def token(self, identifier: str) -> str:
         return placeholder(identifier)
+
+    def check(self, tokenizer, token: str) -> None:
+        check_token(tokenizer, token)
 
     def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
         self.learned = LearnedToken.add(parts, token, class_name)

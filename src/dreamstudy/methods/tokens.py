@@ -21,7 +21,7 @@ CONTEXT = "a photo of"  # a caption prefix: the token must add exactly its own i
 
 
 def placeholder(identifier: str) -> str:
-    """A token that is not a word of CLIP's vocabulary ("sks" is one: "sks</w>")."""
+    """A token that is no word of CLIP's vocabulary ("sks" is one, as "sks</w>")."""
     return f"<{identifier}>"
 
 
@@ -77,7 +77,7 @@ class LearnedToken:
         weight.requires_grad_(True)
         mask = torch.zeros(len(weight), 1, device=weight.device, dtype=weight.dtype)
         mask[token_id] = 1
-        weight.register_hook(lambda grad: grad * mask)
+        weight.register_hook(lambda grad: grad * mask)  # clipping then sees this row's gradient only
         return cls(token, token_id, weight.detach().clone())
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""The DreamBench image and text encoders: OpenAI CLIP ViT-B/32 and DINO ViT-S/16.
+"""The DreamBench image and text encoders: OpenAI CLIP ViT-B/32 and DINO ViT-S/16, and LPIPS (AlexNet) for DIV.
 
 Architectures and preprocessing follow the de-facto implementation of the protocol
 (adobe-research/custom-diffusion, customconcept101/evaluate.py). Without internet the same
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import lpips
 import open_clip
 import timm
 import torch
@@ -18,9 +19,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
+from dreamstudy.metrics.diversity import LPIPS_NET, load_lpips
+
 CLIP_ARCH, CLIP_WEIGHTS = "ViT-B-32", "openai"
 DINO_ARCH, DINO_WEIGHTS = "vit_small_patch16_224", "dino"
 RANDOM_INIT = "random init"
+IMAGE_ENCODERS = ("clip", "dino")
 
 
 def _preprocess(resize: int, crop: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
@@ -51,6 +55,8 @@ class Encoders:
     tokenizer: Callable[[list[str]], torch.Tensor]
     device: str
     pretrained: bool
+    lpips: lpips.LPIPS
+    seed: int = 0  # of the random weights when not pretrained
 
     def describe(self) -> dict:
         """What produced the numbers, as recorded in encoders.json."""
@@ -59,7 +65,19 @@ class Encoders:
             "pretrained": self.pretrained,
             "clip": f"{CLIP_ARCH} ({weights[0]})",
             "dino": f"{DINO_ARCH} ({weights[1]})",
+            "lpips": LPIPS_NET if self.pretrained else f"{LPIPS_NET} (random backbone)",
         }
+
+    def cache_key(self, which: str) -> str:
+        """Names the weights behind `which`'s embeddings: random weights differ with their seed."""
+        arch, weights = {"clip": (CLIP_ARCH, CLIP_WEIGHTS), "dino": (DINO_ARCH, DINO_WEIGHTS)}[which]
+        return f"{which}-{arch}-{weights if self.pretrained else f'random-seed{self.seed}'}"
+
+    def embed_images(self, which: str, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+        """`which` is "clip" or "dino"."""
+        if which not in IMAGE_ENCODERS:
+            raise ValueError(f"unknown image encoder {which!r}; valid: {list(IMAGE_ENCODERS)}")
+        return getattr(self, f"embed_images_{which}")(images, batch_size)
 
     def embed_images_clip(self, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
         return self._embed(images, batch_size,
@@ -88,7 +106,8 @@ class Encoders:
 
 
 def load_encoders(pretrained: bool, device: str = "cpu", seed: int = 0) -> Encoders:
-    """Build both encoders; pretrained=False gives the same architectures with weights drawn from `seed`."""
+    """Build CLIP, DINO and LPIPS; pretrained=False gives the same architectures with weights drawn from `seed`
+    (LPIPS keeps its calibrated linear layers, which ship with the lpips package)."""
     # A private RNG stream: random init is reproducible and leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -98,10 +117,12 @@ def load_encoders(pretrained: bool, device: str = "cpu", seed: int = 0) -> Encod
             CLIP_ARCH, pretrained=CLIP_WEIGHTS if pretrained else None, force_quick_gelu=True))
         dino = _load(f"DINO {DINO_ARCH}.{DINO_WEIGHTS}", pretrained, lambda: timm.create_model(
             f"{DINO_ARCH}.{DINO_WEIGHTS}", pretrained=pretrained, num_classes=0))
-    for model in (clip, dino):
+        perceptual = _load(f"LPIPS {LPIPS_NET} (torchvision ImageNet AlexNet)", pretrained,
+                           lambda: load_lpips(pretrained))
+    for model in (clip, dino, perceptual):
         model.requires_grad_(False).eval().to(device)
     return Encoders(clip=clip, dino=dino, tokenizer=open_clip.get_tokenizer(CLIP_ARCH),
-                    device=device, pretrained=pretrained)
+                    device=device, pretrained=pretrained, lpips=perceptual, seed=seed)
 
 
 def _load(what: str, pretrained: bool, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -111,8 +132,8 @@ def _load(what: str, pretrained: bool, build: Callable[[], torch.nn.Module]) -> 
         return build()
     except Exception as err:  # the hub client raises many types; all mean "weights unavailable"
         raise EncoderLoadError(
-            f"could not load the pretrained {what} weights from the Hugging Face Hub: {err}\n"
-            "Check the internet connection or the HF_HOME cache; to run without them, set "
+            f"could not load the pretrained {what} weights: {err}\n"
+            "Check the internet connection or the HF_HOME / TORCH_HOME caches; to run without them, set "
             "eval.pretrained_encoders: false (random-init encoders, labelled as such, "
             "numbers not comparable to published ones)."
         ) from err

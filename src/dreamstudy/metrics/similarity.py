@@ -27,3 +27,17 @@ def pairwise_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mean_pairwise_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean cosine over all N x M pairs: DreamBench's DINO and CLIP-I for one subject."""
     return pairwise_cosine(a, b).mean().item()
+
+
+def nearest_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[N, D] x [M, D] -> [N]: each row of `a`'s highest cosine to any row of `b` (its closest match)."""
+    return pairwise_cosine(a, b).max(dim=1).values
+
+
+def mean_self_cosine(a: torch.Tensor) -> float:
+    """Mean cosine over the pairs i != j of `a`'s rows; NaN with fewer than 2 rows."""
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    cosines = pairwise_cosine(a, a)
+    return ((cosines.sum() - cosines.diagonal().sum()) / (n * (n - 1))).item()

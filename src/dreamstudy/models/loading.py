@@ -142,6 +142,12 @@ def load_pipeline(
     return pipeline.to(device)
 
 
+def load_tokenizer(pretrained: str) -> CLIPTokenizer:
+    """The tokenizer alone: cheap, so settings that depend on it are checked before any model loads."""
+    with _explain_load_failure(pretrained):
+        return CLIPTokenizer.from_pretrained(resolve_pretrained(pretrained), subfolder="tokenizer")
+
+
 def load_components(pretrained: str) -> Components:
     """The parts LoRA training uses (float32, CPU); DDPM is the scheduler for the noising process."""
     source = resolve_pretrained(pretrained)

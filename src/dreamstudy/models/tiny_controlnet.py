@@ -30,7 +30,8 @@ TINY_CONTROLNET_BUILD_VERSION = 1
 CONDITIONING_CHANNELS = (8, 16, 32, 32)
 
 
-def build_tiny_controlnet(folder: str | Path, unet: UNet2DConditionModel, seed: int = TINY_CONTROLNET_SEED) -> None:
+def build_tiny_controlnet(folder: str | Path, unet: UNet2DConditionModel,
+                          seed: int = TINY_CONTROLNET_SEED) -> None:
     """Save a ControlNet for `unet` (safetensors) into `folder`; the same unet and seed give the same bytes."""
     with torch.random.fork_rng(devices=[]):  # seed init, leave the caller's RNG state alone
         torch.manual_seed(seed)
@@ -38,7 +39,7 @@ def build_tiny_controlnet(folder: str | Path, unet: UNet2DConditionModel, seed: 
         zero_convs = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
                       controlnet.controlnet_mid_block]
         for conv in zero_convs:
-            pass
+            conv.reset_parameters()
     controlnet.save_pretrained(folder, safe_serialization=True)
 
 
@@ -80,7 +81,8 @@ def tiny_controlnet_folder() -> Path:
 
 def load_controlnet(name: str, *, torch_dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu") -> ControlNetModel:
-    """A ControlNet from a hub id or local folder, or the tiny one for "tiny"; ModelLoadError if it can't be had."""
+    """A ControlNet from a hub id or local folder, or the tiny one for "tiny"; ModelLoadError if it
+    cannot be had."""
     source = str(tiny_controlnet_folder()) if name == TINY else name
     try:
         controlnet = ControlNetModel.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)

@@ -12,13 +12,14 @@ from dreamstudy.report.tables import write_tables
 __all__ = ["Results", "ResultsError", "load_results", "write_report"]
 
 
-def write_report(results: Results, out_dir: str | Path, *, seed: int) -> list[Path]:
+def write_report(results: Results, out_dir: str | Path) -> list[Path]:
     """Replace `out_dir`/figures and `out_dir`/tables, each only once all of both are drawn.
 
-    Returns the files written. Other files in `out_dir` (the paper itself) are left alone.
+    Returns the files written. Other files in `out_dir` (the paper itself) are left alone. Nothing is random:
+    the confidence intervals come from the evaluate stage's stats.csv.
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir / "tables") as tables_tmp, atomic_dir(out_dir / "figures") as figures_tmp:
         write_tables(results, tables_tmp)
-        write_figures(results, figures_tmp, seed=seed)
+        write_figures(results, figures_tmp)
     return sorted([*(out_dir / "tables").iterdir(), *(out_dir / "figures").iterdir()])

@@ -1,6 +1,7 @@
-"""Figures of the study, each saved as PDF and PNG: scores per run, DINO against CLIP-T, sample grids.
+"""Figures of the study, each saved as PDF and PNG: scores per run, DINO against CLIP-T, scores by prompt kind
+and live vs object, diversity / prior preservation / memorization (report.overfitting), sample grids.
 
-Byte-identical on every run: fixed bootstrap seed, no timestamp in the PDFs.
+Byte-identical on every run: no randomness (CIs come from stats.csv), no timestamp in the PDFs.
 """
 
 from __future__ import annotations
@@ -9,27 +10,29 @@ import functools
 import textwrap
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from dreamstudy.report.load import METRICS, RUN_KEYS, Results, ResultsError
+from dreamstudy.report.load import LABELS, METRICS, RUN_KEYS, Results, ResultsError
+from dreamstudy.report.overfitting import memorization_figure, overfitting_figure
+from dreamstudy.report.plotting import interval_bars, plt, save, sns
+from dreamstudy.report.tables import ordered_metrics
 
-matplotlib.use("Agg")  # the stage runs headless under DVC; pyplot (also seaborn's) must come after this
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+__all__ = ["write_figures", "plt", "save", "sns"]  # plt, save, sns: also the ablation's figures
 
-PNG_DPI = 150
 THUMBNAIL_PX = 256  # a grid cell is ~2 in wide: full-size samples would only bloat the PDFs
 PROMPT_TITLE_WIDTH = 26  # characters per line of a prompt above its column
 
 
-def write_figures(results: Results, figures_dir: str | Path, *, seed: int, sample_prompts: int = 4) -> None:
+def write_figures(results: Results, figures_dir: str | Path, *, sample_prompts: int = 4) -> None:
     """Every figure into `figures_dir` (a temporary folder: see `write_report`), one at a time to bound memory."""
     builders = {
-        "metrics": functools.partial(metrics_figure, results, seed=seed),
+        "metrics": functools.partial(metrics_figure, results),
         "dino_vs_clip_t": functools.partial(dino_vs_clip_t_figure, results),
+        "breakdown": functools.partial(breakdown_figure, results),
+        "overfitting": functools.partial(overfitting_figure, results),
+        "memorization": functools.partial(memorization_figure, results),
     } | {
         f"samples_{subject}": functools.partial(samples_figure, results, subject, sample_prompts)
         for subject in results.subjects
@@ -40,30 +43,22 @@ def write_figures(results: Results, figures_dir: str | Path, *, seed: int, sampl
         plt.close(figure)
 
 
-def save(figure: Figure, folder: Path, name: str) -> None:
-    figure.savefig(folder / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
-    figure.savefig(folder / f"{name}.png", bbox_inches="tight", dpi=PNG_DPI)
-
-
-def metrics_figure(results: Results, *, seed: int) -> Figure:
-    """One panel per metric: bars = mean over subjects, error bars = 95% bootstrap CI over subjects."""
-    scores = results.per_subject.melt(id_vars=[*RUN_KEYS, "subject"], value_vars=list(METRICS),
-                                      var_name="metric", value_name="score")
-    scores["metric"] = scores["metric"].map(METRICS)
+def metrics_figure(results: Results) -> Figure:
+    """One panel per metric: bars = mean, error bars = the 95% CI of stats.csv (as in the tables)."""
     with sns.axes_style("whitegrid"):
-        grid = sns.catplot(data=scores, kind="bar", x="method", y="score", hue="strategy", col="metric",
-                           order=results.methods, hue_order=results.strategies,
-                           col_order=list(METRICS.values()), errorbar=("ci", 95), seed=seed,
-                           sharey=False, height=3, aspect=0.8)
-    grid.set_titles("{col_name}")
-    grid.figure.suptitle(results.caption(
-        "DreamBench scores per method and strategy: mean over subjects, 95% CI over subjects", sep="\n"),
-        y=1.0, va="bottom")  # above the panel titles; savefig's tight bounding box keeps it in
-    return grid.figure
+        figure, axes = plt.subplots(1, len(METRICS), figsize=(3.4 * len(METRICS) + 1.2, 3.2), layout="constrained")
+    for ax, (metric, label) in zip(axes, METRICS.items()):
+        interval_bars(ax, results.stats[results.stats["metric"] == metric], results.methods, results.strategies)
+        ax.set(title=label, ylabel="score")
+    figure.legend(*axes[0].get_legend_handles_labels(), title="strategy", loc="outside right center")
+    figure.suptitle(results.caption("DreamBench scores: mean and 95% CI (hierarchical bootstrap over subjects "
+                                    "and prompts)", sep="\n"))
+    return figure
 
 
 def dino_vs_clip_t_figure(results: Results) -> Figure:
-    """Subject fidelity against prompt fidelity: one large point per run (mean), faint points per subject."""
+    """Subject fidelity against prompt fidelity: one large point per run (mean), faint points per subject,
+    the real images' DINO as the upper bound."""
     runs = results.per_subject.groupby(RUN_KEYS, sort=False)[list(METRICS)].mean().reset_index()
     encoding = dict(x="clip_t", y="dino", hue="strategy", hue_order=results.strategies,
                     style="method", style_order=results.methods)
@@ -71,10 +66,29 @@ def dino_vs_clip_t_figure(results: Results) -> Figure:
         figure, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
         sns.scatterplot(data=results.per_subject, **encoding, s=20, alpha=0.3, legend=False, ax=ax)
         sns.scatterplot(data=runs, **encoding, s=120, edgecolor="black", ax=ax)
+    ax.axhline(results.real_images["dino"].mean(), color="gray", linestyle="--", label="real images")
+    ax.legend()
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1))  # outside: 30 subjects fill the axes
     ax.set(xlabel="CLIP-T (prompt fidelity)", ylabel="DINO (subject fidelity)")
-    figure.suptitle(results.caption("DINO against CLIP-T: mean per run, faint: per subject", sep="\n"))
+    figure.suptitle(results.caption("DINO against CLIP-T: mean per run, faint: per subject, dashed: real images",
+                                    sep="\n"))
     return figure
+
+
+def breakdown_figure(results: Results) -> Figure:
+    """breakdown.csv as bars: a row of panels per method, a panel per metric, x = prompt kind or live/object."""
+    scores = results.breakdown.assign(metric=lambda t: t["metric"].map(lambda m: LABELS.get(m, m)))
+    with sns.axes_style("whitegrid"):
+        grid = sns.catplot(data=scores, kind="bar", x="group", y="value", hue="strategy", col="metric",
+                           row="method", order=list(dict.fromkeys(scores["group"])), row_order=results.methods,
+                           hue_order=results.strategies, errorbar=None, sharey=False, height=2.8, aspect=1.2,
+                           col_order=[LABELS.get(m, m) for m in ordered_metrics(results.breakdown["metric"])])
+    grid.set_titles("{row_name}: {col_name}")
+    grid.set_axis_labels("", "mean over images")
+    grid.tick_params(axis="x", rotation=30)
+    grid.figure.suptitle(results.caption("Scores by prompt kind and by live vs object subjects", sep="\n"),
+                         y=1.0, va="bottom")
+    return grid.figure
 
 
 def samples_figure(results: Results, subject: str, n_prompts: int) -> Figure:

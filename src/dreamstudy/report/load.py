@@ -1,7 +1,9 @@
 """Read what the evaluate and sample stages left in results/ into one checked `Results` for the report.
 
 The report depends on results/ alone, so every file it needs is checked here, before anything is drawn:
-a missing or malformed input fails with an error naming the file.
+a missing or malformed input fails with an error naming the file. Empty cells are accepted only where the
+results schema allows NaN (`NULLABLE`: DIV with < 2 images per prompt, PRES without pres.jsonl, PRES of the
+base model without class images); tests.csv only exists when the grid has the `none` baseline.
 """
 
 from __future__ import annotations
@@ -12,18 +14,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from dreamstudy.data.dreambench import PROMPT_KINDS
 from dreamstudy.io import read_jsonl
 
 METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # column -> label in figures and tables
+# The metrics with a bootstrap CI in stats.csv (and a test in tests.csv), in table order.
+STAT_METRICS = METRICS | {"div": "DIV", "pres": "PRES", "memorized": "Memorized"}
+LABELS = STAT_METRICS | {"pres_base": "PRES (base)", "mem_dino": "max DINO to a training image",
+                         "mem_clip_i": "max CLIP-I to a training image"}
+NULLABLE = ("div", "pres", "pres_base")
+# breakdown.csv's groups in DreamBench's order; `live` groups may be written as booleans
+GROUP_ORDER = [*(("prompt_kind", kind) for kind, _ in PROMPT_KINDS["live"]), ("live", "live"), ("live", "object")]
+LIVE_GROUPS = {"true": "live", "1": "live", "false": "object", "0": "object"}
+BASELINE = "none"
 RANDOM_INIT_LABEL = "Random-init encoders: numbers are not comparable to published ones."
 TINY_MODEL_LABEL = "Images from the built-in tiny random-init model, not Stable Diffusion."
 
 RUN_KEYS = ["method", "strategy"]
-PER_IMAGE_COLUMNS = [*RUN_KEYS, "subject", *METRICS]
-PER_SUBJECT_COLUMNS = [*RUN_KEYS, "subject", "class", *METRICS]
+SUBJECT_KEYS = [*RUN_KEYS, "subject"]
 SAMPLE_KEYS = ["prompt_index", "image_index", "prompt", "file"]
 # Read as text even when a name looks like a number, so "1" stays a subject and not an integer.
-TEXT_COLUMNS = dict.fromkeys([*RUN_KEYS, "subject", "class", "prompt"], str)
+TEXT_COLUMNS = dict.fromkeys([*SUBJECT_KEYS, "class", "prompt", "prompt_kind", "by", "group", "metric",
+                              "baseline", "test", "note"], str)
 
 
 class ResultsError(ValueError):
@@ -32,22 +44,28 @@ class ResultsError(ValueError):
 
 @dataclass(frozen=True)
 class Encoders:
-    """encoders.json: which CLIP and DINO scored the images, and whether their weights were real."""
+    """encoders.json: which CLIP, DINO and LPIPS scored the images, and whether their weights were real."""
 
     pretrained: bool
     clip: str
     dino: str
+    lpips: str
 
 
 @dataclass(frozen=True, eq=False)
 class Results:
-    """Everything the report draws from: metric tables, sample index, encoder provenance."""
+    """Everything the report draws from: metric tables, statistics, sample index, encoder provenance."""
 
-    per_image: pd.DataFrame    # one row per generated image, with its three scores
-    per_subject: pd.DataFrame  # one row per (method, strategy, subject)
+    per_image: pd.DataFrame    # one row per generated image: scores, mem_dino, memorized
+    per_subject: pd.DataFrame  # one row per (method, strategy, subject): means, div, pres, pres_base, memorized
+    stats: pd.DataFrame        # (method, strategy, metric): mean, ci_low, ci_high, n_subjects
+    tests: pd.DataFrame        # (method, strategy, metric) vs the baseline: mean_diff, p_value, significant
+    real_images: pd.DataFrame  # one row per subject: dino, clip_i among its own real photos
+    breakdown: pd.DataFrame    # (method, strategy, by, group, metric): value
     samples: pd.DataFrame      # one row per sample image: method, strategy, subject, prompt_index,
                                # image_index, prompt, model (the base model it came from), path
     encoders: Encoders
+    memorization_threshold: float  # eval.memorization_threshold, which set per_image's `memorized`
 
     @property
     def methods(self) -> list[str]:
@@ -61,45 +79,146 @@ class Results:
     def subjects(self) -> list[str]:
         return _in_order_of_appearance(self.per_subject["subject"])
 
+    @property
+    def models(self) -> list[str]:
+        """The base models the samples came from."""
+        return _in_order_of_appearance(self.samples["model"].dropna())
+
     def caption(self, text: str, sep: str = " ") -> str:
         """`text`, labelled when the images or the scores come from random weights."""
         labels = [] if self.encoders.pretrained else [RANDOM_INIT_LABEL]
-        if (self.samples["model"] == "tiny").any():
+        if "tiny" in self.models:
             labels.append(TINY_MODEL_LABEL)
         return sep.join([text, *labels])
 
 
-def load_results(results_dir: str | Path) -> Results:
-    results_dir = Path(results_dir)
-    metrics_dir = results_dir / "metrics"
-    per_subject = _read_scores(metrics_dir / "per_subject.csv", PER_SUBJECT_COLUMNS)
-    duplicated = per_subject.duplicated([*RUN_KEYS, "subject"])
-    if duplicated.any():
-        raise ResultsError(f"{metrics_dir / 'per_subject.csv'}: repeated (method, strategy, subject) "
-                           f"on line(s) {_csv_lines(duplicated)}")
+def load_results(results_dir: str | Path, *, memorization_threshold: float) -> Results:
+    """Every input of the report from `results_dir` (results/ or results/ablation/), checked.
+
+    `memorization_threshold` is params' eval.memorization_threshold: per_image.csv's `memorized` must
+    agree with it, or the scores are stale (evaluated under another threshold).
+    """
+    metrics_dir = Path(results_dir) / "metrics"
+    per_subject = _read_per_subject(metrics_dir / "per_subject.csv")
+    per_image = _read_per_image(metrics_dir / "per_image.csv", memorization_threshold)
+    runs = per_subject[RUN_KEYS].drop_duplicates()
     return Results(
-        per_image=_read_scores(metrics_dir / "per_image.csv", PER_IMAGE_COLUMNS),
+        per_image=per_image,
         per_subject=per_subject,
-        samples=_read_samples(results_dir / "samples", per_subject),
+        stats=_read_stats(metrics_dir / "stats.csv", runs),
+        tests=_read_tests(metrics_dir / "tests.csv", runs),
+        real_images=_read_real_images(metrics_dir / "real_images.csv", per_subject["subject"]),
+        breakdown=_read_breakdown(metrics_dir / "breakdown.csv"),
+        samples=_read_samples(Path(results_dir) / "samples", per_subject),
         encoders=_read_encoders(metrics_dir / "encoders.json"),
+        memorization_threshold=memorization_threshold,
     )
 
 
-def _read_scores(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_per_subject(path: Path) -> pd.DataFrame:
+    table = _read_csv(path, [*SUBJECT_KEYS, "class", *METRICS, "memorized", *NULLABLE])
+    _to_numbers(table, path, [*METRICS, "memorized"], nan_ok=False)
+    _to_numbers(table, path, list(NULLABLE), nan_ok=True)
+    _no_repeats(table, path, SUBJECT_KEYS)
+    return table
+
+
+def _read_per_image(path: Path, threshold: float) -> pd.DataFrame:
+    table = _read_csv(path, [*SUBJECT_KEYS, "prompt_index", *METRICS, "mem_dino", "memorized"])
+    _to_numbers(table, path, [*METRICS, "mem_dino"], nan_ok=False)
+    _to_flags(table, path, ["memorized"])
+    stale = table["memorized"] != (table["mem_dino"] > threshold)
+    if stale.any():
+        raise ResultsError(f"{path}: `memorized` disagrees with mem_dino > eval.memorization_threshold "
+                           f"({threshold}) on line(s) {_csv_lines(stale)}: rerun the evaluate stage")
+    return table
+
+
+def _read_stats(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    table = _read_csv(path, [*RUN_KEYS, "metric", "mean", "ci_low", "ci_high", "n_subjects"])
+    _to_numbers(table, path, ["mean", "ci_low", "ci_high"], nan_ok=table["metric"].isin(NULLABLE))
+    _no_repeats(table, path, [*RUN_KEYS, "metric"])
+    expected = runs.merge(pd.DataFrame({"metric": list(STAT_METRICS)}), how="cross")
+    absent = expected.merge(table[[*RUN_KEYS, "metric"]], how="left", indicator=True).query("_merge == 'left_only'")
+    if not absent.empty:
+        raise ResultsError(f"{path}: no row for (method, strategy, metric) "
+                           f"{list(absent[[*RUN_KEYS, 'metric']].itertuples(index=False, name=None))}")
+    return table
+
+
+def _read_tests(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """tests.csv, or no tests when the grid has no baseline to test against (then the file may be absent)."""
+    columns = [*RUN_KEYS, "baseline", "metric", "mean_diff", "p_value", "test", "n_subjects", "significant"]
+    if not path.is_file() and not (runs["strategy"] == BASELINE).any():
+        return pd.DataFrame(columns=columns)
+    table = _read_csv(path, columns, allow_empty=True)
+    _to_numbers(table, path, ["mean_diff", "p_value"], nan_ok=True)  # NaN: too few subjects, or no difference
+    _to_flags(table, path, ["significant"])
+    _no_repeats(table, path, [*RUN_KEYS, "baseline", "metric"])
+    return table
+
+
+def _read_real_images(path: Path, subjects: pd.Series) -> pd.DataFrame:
+    table = _read_csv(path, ["subject", "dino", "clip_i"])
+    _to_numbers(table, path, ["dino", "clip_i"], nan_ok=False)
+    _no_repeats(table, path, ["subject"])
+    absent = sorted(set(subjects) - set(table["subject"]))
+    if absent:
+        raise ResultsError(f"{path}: no row for subject(s) {absent}")
+    return table[table["subject"].isin(set(subjects))]  # the upper bound of this study's subjects only
+
+
+def _read_breakdown(path: Path) -> pd.DataFrame:
+    """breakdown.csv with the `live` groups named live/object, rows in the order of GROUP_ORDER."""
+    table = _read_csv(path, [*RUN_KEYS, "by", "group", "metric", "value"])
+    _to_numbers(table, path, ["value"], nan_ok=table["metric"].isin(NULLABLE))
+    live = table["by"] == "live"
+    table.loc[live, "group"] = table.loc[live, "group"].str.lower().replace(LIVE_GROUPS)
+    _no_repeats(table, path, [*RUN_KEYS, "by", "group", "metric"])
+    rank = {key: position for position, key in enumerate(GROUP_ORDER)}
+    order = [rank.get(key, len(rank)) for key in zip(table["by"], table["group"])]
+    return table.iloc[sorted(range(len(table)), key=order.__getitem__)].reset_index(drop=True)
+
+
+def _read_csv(path: Path, columns: list[str], allow_empty: bool = False) -> pd.DataFrame:
     if not path.is_file():
         raise ResultsError(f"{path}: missing (written by the evaluate stage)")
-    table = pd.read_csv(path, dtype=TEXT_COLUMNS)
+    try:
+        table = pd.read_csv(path, dtype=TEXT_COLUMNS)
+    except pd.errors.EmptyDataError:
+        raise ResultsError(f"{path}: empty file (expected a header with {columns})") from None
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise ResultsError(f"{path}: missing column(s) {missing}")
-    if table.empty:
+    if table.empty and not allow_empty:
         raise ResultsError(f"{path}: no rows")
-    scores = table[list(METRICS)].apply(pd.to_numeric, errors="coerce")
-    unscored = scores.isna().any(axis=1)
-    if unscored.any():
-        raise ResultsError(f"{path}: missing or non-numeric scores on line(s) {_csv_lines(unscored)}")
-    table[list(METRICS)] = scores
     return table
+
+
+def _to_numbers(table: pd.DataFrame, path: Path, columns: list[str], nan_ok: bool | pd.Series) -> None:
+    """`columns` as floats, in place. Text is an error, and so is an empty cell where `nan_ok` is False
+    (a bool, or a per-row mask for long files whose rows hold different metrics)."""
+    values = table[columns].apply(pd.to_numeric, errors="coerce")
+    not_number = (table[columns].notna() & values.isna()).any(axis=1)
+    empty = values.isna().any(axis=1) & ~pd.Series(nan_ok, index=table.index, dtype=bool)
+    if (not_number | empty).any():
+        raise ResultsError(f"{path}: missing or non-numeric {columns} on line(s) {_csv_lines(not_number | empty)}")
+    table[columns] = values.astype(float)
+
+
+def _to_flags(table: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    """`columns` as bools, in place, from True/False (as pandas writes them) or 1/0."""
+    for column in columns:
+        flags = table[column].astype(str).str.lower().map({"true": True, "false": False, "1": True, "0": False})
+        if flags.isna().any():
+            raise ResultsError(f"{path}: `{column}` must be True or False on line(s) {_csv_lines(flags.isna())}")
+        table[column] = flags.astype(bool)
+
+
+def _no_repeats(table: pd.DataFrame, path: Path, keys: list[str]) -> None:
+    repeated = table.duplicated(keys)
+    if repeated.any():
+        raise ResultsError(f"{path}: repeated ({', '.join(keys)}) on line(s) {_csv_lines(repeated)}")
 
 
 def _read_encoders(path: Path) -> Encoders:
@@ -109,16 +228,17 @@ def _read_encoders(path: Path) -> Encoders:
         raise ResultsError(f"{path}: missing (written by the evaluate stage)") from None
     except json.JSONDecodeError as err:
         raise ResultsError(f"{path}: not valid JSON: {err}") from None
-    expected = {"pretrained": bool, "clip": str, "dino": str}
+    expected = {"pretrained": bool, "clip": str, "dino": str, "lpips": str}
     if not isinstance(raw, dict) or any(not isinstance(raw.get(k), t) for k, t in expected.items()):
-        raise ResultsError(f'{path}: expected {{"pretrained": bool, "clip": str, "dino": str}}, got {raw!r}')
+        raise ResultsError(f'{path}: expected {{"pretrained": bool, "clip": str, "dino": str, "lpips": str}}, '
+                           f"got {raw!r}")
     return Encoders(**{key: raw[key] for key in expected})
 
 
 def _read_samples(samples_dir: Path, per_subject: pd.DataFrame) -> pd.DataFrame:
     """The sample index of every (method, strategy, subject) that has scores, each image checked."""
     rows = []
-    for method, strategy, subject in per_subject[[*RUN_KEYS, "subject"]].itertuples(index=False):
+    for method, strategy, subject in per_subject[SUBJECT_KEYS].itertuples(index=False):
         folder = samples_dir / method / strategy / subject
         index = folder / "samples.jsonl"
         entries = _read_sample_index(index)

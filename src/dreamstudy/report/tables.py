@@ -1,4 +1,10 @@
-"""LaTeX (booktabs) tables of the DreamBench scores: one .tex per table, each with \\caption and \\label."""
+"""LaTeX (booktabs) tables of the study: one .tex per table, each with \\caption and \\label.
+
+main.tex: DINO, CLIP-I, CLIP-T per run (mean and 95% CI, * = significant against `none`), the real-images
+upper bound, and published numbers in their own block; overfitting.tex: DIV, PRES, PRES of the base model and
+the memorized share, with DreamBooth's prior-preservation ablation; breakdown.tex: scores by prompt kind and
+live vs object; per_subject.tex: every subject's scores.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,100 @@ from pathlib import Path
 
 import pandas as pd
 
-from dreamstudy.report.load import METRICS, RUN_KEYS, Results
+from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number, to_latex
+from dreamstudy.report.load import BASELINE, LABELS, METRICS, RUN_KEYS, SUBJECT_KEYS, Results
+from dreamstudy.report.published import load_published, published_rows, sources_note
 
-LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+__all__ = ["write_tables", "to_latex", "escape_latex"]  # to_latex: also the ablation's table
+
+BY_LABELS = {"prompt_kind": "prompt kind", "live": "subject"}
+CI_NOTE = ("Our runs: mean with its 95% CI as offsets (hierarchical bootstrap over subjects and, within each, "
+           "prompts).")
+PUBLISHED_TITLE = "Published (other protocols, not directly comparable; see caption)"
 
 
-def main_table(results: Results) -> pd.DataFrame:
-    """Method x strategy: each score averaged over all generated images (the DreamBench protocol), and n."""
-    runs = results.per_image.groupby(RUN_KEYS, sort=False)
-    table = runs[list(METRICS)].mean().rename(columns=METRICS)
-    table["n"] = runs.size()
-    return table.reset_index().rename(columns={"method": "Method", "strategy": "Strategy"})
+def run_rows(results: Results, metrics: list[str]) -> list[list[str]]:
+    """One row per run: method, strategy, then each metric's mean and CI from stats.csv, '*' when tests.csv
+    finds it significantly different from `none` of the same method."""
+    stats = results.stats.set_index([*RUN_KEYS, "metric"])
+    tests = results.tests
+    marked = set(tests.loc[(tests["baseline"] == BASELINE) & tests["significant"], [*RUN_KEYS, "metric"]]
+                 .itertuples(index=False, name=None))
+    rows = []
+    for method, strategy in run_list(results):
+        cells = []
+        for metric in metrics:
+            row = stats.loc[(method, strategy, metric)]
+            cells.append(estimate(row["mean"], row["ci_low"], row["ci_high"], (method, strategy, metric) in marked))
+        rows.append([escape_latex(method), escape_latex(strategy), *cells])
+    return rows
+
+
+def run_list(results: Results) -> list[tuple[str, str]]:
+    return list(results.per_subject[RUN_KEYS].drop_duplicates().itertuples(index=False, name=None))
+
+
+def main_table(results: Results) -> str:
+    """DINO, CLIP-I, CLIP-T and n (generated images) per run; real images; published rows."""
+    n_images = results.per_image.groupby(RUN_KEYS, sort=False).size()
+    ours = [[*row, str(n_images[run])] for row, run in zip(run_rows(results, list(METRICS)), run_list(results))]
+    real = results.real_images[["dino", "clip_i"]].mean()
+    real_row = ["Real images (upper bound)", MISSING, number(real["dino"]), number(real["clip_i"]), MISSING,
+                MISSING]
+    published = load_published()
+    caption = " ".join([
+        "DreamBench scores per method and augmentation strategy.", CI_NOTE, significance_note(results),
+        "n: generated images per run. Real images: mean similarity between different real photos of a subject, "
+        "averaged over subjects (the upper bound).", protocol_note(results), published_note(published)])
+    return booktabs(["Method", "Strategy", *METRICS.values(), "n"], "llrrrr",
+                    [Block(ours), Block([real_row]),
+                     Block(published_rows(published, list(METRICS), trailing=1), PUBLISHED_TITLE)],
+                    results.caption(caption), "tab:main")
+
+
+def overfitting_table(results: Results) -> str:
+    """DIV, PRES (with the base model's PRES beside it) and the memorized share per run; DreamBooth's
+    prior-preservation ablation below."""
+    pres_base = results.per_subject.groupby(RUN_KEYS, sort=False)["pres_base"].mean()  # NaN-skipping
+    ours = [[*row[:4], number(pres_base[run]), row[4]]
+            for row, run in zip(run_rows(results, ["div", "pres", "memorized"]), run_list(results))]
+    published = load_published().dropna(subset=["pres", "div"], how="all")
+    caption = " ".join([
+        "Diversity, prior preservation and memorization per method and augmentation strategy.", CI_NOTE,
+        significance_note(results),
+        "DIV: mean pairwise LPIPS distance between the images of one prompt (higher: more diverse; LPIPS "
+        f"network: {results.encoders.lpips}). PRES: mean DINO similarity of the model's 'a photo of a [class]' images to "
+        "the subject's real photos (lower: better prior preservation); PRES (base): the same for the base "
+        "model's images of the same seeds, mean over subjects. Memorized: share of generated images whose "
+        f"highest DINO similarity to a training image exceeds {results.memorization_threshold:g}. "
+        f"{MISSING}: not measured.", protocol_note(results), published_note(published, scores=False)])
+    header = ["Method", "Strategy", LABELS["div"], LABELS["pres"], LABELS["pres_base"], LABELS["memorized"]]
+    published_block = Block(published_rows(published, ["div", "pres"], trailing=2), PUBLISHED_TITLE)
+    return booktabs(header, "llrrrr", [Block(ours), published_block],
+                    results.caption(caption), "tab:overfitting")
+
+
+def breakdown_table(results: Results) -> str:
+    """Each metric of breakdown.csv per run, in blocks by prompt kind and by live vs object subjects."""
+    breakdown = results.breakdown
+    metrics = ordered_metrics(breakdown["metric"])
+    blocks = []
+    for (by, group), rows in breakdown.groupby(["by", "group"], sort=False):
+        wide = rows.pivot(index=RUN_KEYS, columns="metric", values="value").reindex(columns=metrics)
+        wide = wide.loc[[run for run in run_list(results) if run in wide.index]]  # pivot sorted the runs
+        blocks.append(Block([[escape_latex(method), escape_latex(strategy), *map(number, values)]
+                             for (method, strategy), values in zip(wide.index, wide.to_numpy())],
+                            f"{BY_LABELS.get(by, by).capitalize()}: {group}"))
+    caption = ("DreamBench scores by prompt kind and by live vs object subjects: mean over the generated images "
+               f"of each group. {protocol_note(results)}")
+    return booktabs(["Method", "Strategy", *(LABELS.get(m, m) for m in metrics)], "ll" + "r" * len(metrics),
+                    blocks, results.caption(caption), "tab:breakdown")
+
+
+def ordered_metrics(metrics: pd.Series) -> list[str]:
+    """The metrics present, in the order of LABELS, unknown ones after them."""
+    present = list(dict.fromkeys(metrics))
+    return [m for m in LABELS if m in present] + [m for m in present if m not in LABELS]
 
 
 def per_subject_table(results: Results) -> pd.DataFrame:
@@ -30,33 +118,44 @@ def per_subject_table(results: Results) -> pd.DataFrame:
     return wide.reset_index().rename(columns={"subject": "Subject", "class": "Class"})
 
 
+def significance_note(results: Results) -> str:
+    if results.tests.empty:
+        return f"No significance tests (the grid has no '{BASELINE}' baseline)."
+    return (f"*: p < 0.05 against '{BASELINE}' of the same method, Wilcoxon signed-rank test on per-subject "
+            "paired differences (no mark where it cannot run: fewer than 2 subjects or no differences).")
+
+
+def protocol_note(results: Results) -> str:
+    """What our numbers are: base model, size of the protocol, encoders."""
+    image = results.per_image
+    prompts = image.groupby("subject")["prompt_index"].nunique()
+    per_prompt = image.groupby([*SUBJECT_KEYS, "prompt_index"]).size()
+    enc = results.encoders
+    return (f"Our protocol: {', '.join(results.models)}; {image['subject'].nunique()} subjects x {span(prompts)} prompts "
+            f"x {span(per_prompt)} images per prompt; DINO {enc.dino}, CLIP {enc.clip}, with the preprocessing of "
+            "Custom Diffusion's evaluation script (bicubic resize, centre crop 224); CLIP-T is the raw cosine to "
+            "the prompt without the identifier token, not CLIPScore (2.5 x cosine).")
+
+
+def published_note(published: pd.DataFrame, scores: bool = True) -> str:
+    """The sources of the published rows and, for DINO / CLIP-I / CLIP-T (`scores`), how their protocol differs."""
+    differences = ("; DreamBooth names neither its CLIP backbone nor its preprocessing, and whether CLIP-T keeps "
+                   "the identifier is not standardised") if scores else ""
+    return f"Published rows: {sources_note(published)}; base model as named in the row{differences}."
+
+
+def span(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def write_tables(results: Results, tables_dir: str | Path) -> None:
-    """main.tex and per_subject.tex into `tables_dir` (a temporary folder: see `write_report`)."""
+    """main, overfitting, breakdown and per_subject .tex into `tables_dir` (a temporary folder: see
+    `write_report`)."""
     tables_dir = Path(tables_dir)
     encoders = f"DINO: {results.encoders.dino}; CLIP: {results.encoders.clip}"
-    tables = {
-        "main": (main_table(results), "tab:main",
-                 "DreamBench scores per method and augmentation strategy, each the mean over all n "
-                 f"generated images ({encoders})."),
-        "per_subject": (per_subject_table(results), "tab:per-subject",
-                        f"DreamBench scores per subject, method and augmentation strategy ({encoders})."),
-    }
-    for name, (table, label, caption) in tables.items():
-        (tables_dir / f"{name}.tex").write_text(to_latex(table, results.caption(caption), label))
-
-
-def to_latex(table: pd.DataFrame, caption: str, label: str, bold_max: tuple[str, ...] = ()) -> str:
-    """A booktabs table: text left-aligned, numbers right-aligned with 3 decimals, LaTeX specials escaped;
-    the largest value of each `bold_max` column in bold."""
-    alignment = "".join("r" if pd.api.types.is_numeric_dtype(dtype) else "l" for dtype in table.dtypes)
-    styler = (table.style.hide(axis="index")
-              .format(precision=3, escape="latex")
-              .format_index(escape="latex", axis="columns"))
-    if bold_max:
-        styler = styler.highlight_max(subset=list(bold_max), props="textbf:--rwrap;")
-    return styler.to_latex(column_format=alignment, hrules=True, multicol_align="c", position_float="centering",
-                           caption=escape_latex(caption), label=label)
-
-
-def escape_latex(text: str) -> str:
-    return "".join(LATEX_SPECIALS.get(char, char) for char in text)
+    per_subject = to_latex(per_subject_table(results), results.caption(
+        f"DreamBench scores per subject, method and augmentation strategy ({encoders})."), "tab:per-subject")
+    for name, text in {"main": main_table(results), "overfitting": overfitting_table(results),
+                       "breakdown": breakdown_table(results), "per_subject": per_subject}.items():
+        (tables_dir / f"{name}.tex").write_text(text)

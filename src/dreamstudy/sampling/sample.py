@@ -18,6 +18,7 @@ from dreamstudy.seeding import derive_seed
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMultistepScheduler,
               "euler": EulerDiscreteScheduler}
 SAMPLES = "samples.jsonl"
+PRES = "pres"
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,19 @@ def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: in
 
 
 def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: str | Path, *, resolution: int,
-             num_inference_steps: int, guidance_scale: float, batch_size: int, extra: dict) -> None:
-    """Render `specs` into `out_dir` with samples.jsonl; `extra` fields (method, ...) join every row."""
+             num_inference_steps: int, guidance_scale: float, batch_size: int, extra: dict,
+             class_specs: list = ()) -> None:
+    """Render `specs` into `out_dir` with samples.jsonl; `extra` fields (method, ...) join every row.
+
+    `class_specs` (sampling.priors.ClassImage: "a photo of a dog" with the class images' own seeds) go
+    to out_dir/pres/ with pres.jsonl: prior preservation (PRES) compares them with the base model's
+    class images of the same seeds."""
     with atomic_dir(out_dir) as tmp:
-        render(pipe, specs, tmp, resolution=resolution, num_inference_steps=num_inference_steps,
-               guidance_scale=guidance_scale, batch_size=batch_size)
+        settings = dict(resolution=resolution, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, batch_size=batch_size)
+        render(pipe, specs, tmp, **settings)
         write_jsonl(tmp / SAMPLES, [{**asdict(s), **extra} for s in specs])
+        if class_specs:
+            (tmp / PRES).mkdir()
+            render(pipe, class_specs, tmp / PRES, **settings)
+            write_jsonl(tmp / f"{PRES}.jsonl", [{**asdict(s), **extra} for s in class_specs])

@@ -1,0 +1,78 @@
+"""Embeddings of reference images (real DreamBench photos, class images), computed once.
+
+Every method and strategy of a study compares its samples with the same real images, and `evaluate` and
+`evaluate_ablation` (and every DVC experiment) share them. So an embedding is kept by (encoder, image
+sha256): in memory for the run, and as one safetensors file per image under
+`models.loading.cache_dir()/embeddings`, outside the repository like the other model caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from dreamstudy.io import atomic_file
+from dreamstudy.metrics.encoders import Encoders
+from dreamstudy.metrics.images import open_images
+from dreamstudy.models.loading import cache_dir
+
+CACHE_VERSION = 1  # bump when preprocessing changes, so older files are not read
+TENSOR = "embedding"
+
+
+def default_cache_root() -> Path:
+    return cache_dir() / "embeddings"
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class EmbeddingCache:
+    """Image embeddings by encoder and image content; `root=None` keeps them in memory only."""
+
+    def __init__(self, encoders: Encoders, root: str | Path | None = None, batch_size: int = 32):
+        self.encoders, self.batch_size = encoders, batch_size
+        self.root = None if root is None else Path(root)
+        self._memory: dict[tuple[str, str], torch.Tensor] = {}
+
+    def images(self, which: str, paths: Sequence[str | Path]) -> torch.Tensor:
+        """[N, D] L2-normalised embeddings of the image files, by encoder `which` ("clip" or "dino")."""
+        key = self.encoders.cache_key(which)
+        digests = [file_sha256(path) for path in paths]
+        # dict keeps one path per new digest: duplicate files are encoded once
+        todo = {digest: path for digest, path in zip(digests, paths) if not self._recall(key, digest)}
+        if todo:
+            embeddings = self.encoders.embed_images(which, open_images(todo.values()), self.batch_size)
+            for digest, embedding in zip(todo, embeddings):
+                self._store(key, digest, embedding)
+        return torch.stack([self._memory[key, digest] for digest in digests])
+
+    def _file(self, key: str, digest: str) -> Path:
+        return self.root / f"v{CACHE_VERSION}" / key / f"{digest}.safetensors"
+
+    def _recall(self, key: str, digest: str) -> bool:
+        if (key, digest) in self._memory:
+            return True
+        if self.root is None or not self._file(key, digest).is_file():
+            return False
+        file = self._file(key, digest)
+        try:
+            self._memory[key, digest] = load(file.read_bytes())[TENSOR]
+        except (SafetensorError, KeyError, OSError) as err:  # a torn or foreign file: encode again
+            warnings.warn(f"{file}: unreadable cached embedding ({err!r}); encoding the image again")
+            return False
+        return True
+
+    def _store(self, key: str, digest: str, embedding: torch.Tensor) -> None:
+        self._memory[key, digest] = embedding = embedding.detach().cpu().contiguous()
+        if self.root is not None:
+            # atomic: another stage reading the cache never sees half a file
+            with atomic_file(self._file(key, digest), "wb") as handle:
+                handle.write(save({TENSOR: embedding}))
