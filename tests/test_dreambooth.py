@@ -19,18 +19,14 @@ from dreamstudy.methods.trainer import Examples, Prior, prior_preservation_loss,
 from dreamstudy.models.loading import load_components, load_pipeline, resolve_pretrained
 from dreamstudy.sampling.priors import generate_class_priors
 from stages import class_priors as class_priors_stage
-from tests.test_train_sample import ROOT, smoke_train_params
+from tests.helpers import ROOT, noise_examples, smoke_train_params
 
 RESOLUTION = 32
 
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return Examples([(folder / f"{i}.png", "a photo of sks dog") for i in range(2)])
+    return noise_examples(tmp_path_factory.mktemp("images"), 2, seed=0)
 
 
 def train_dreambooth(examples, prior=None, steps=3, **section):

@@ -11,6 +11,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 
+from tests.helpers import noise_image
 from dreamstudy.augment import Context, augment_subject, get_strategy, read_training_set
 from dreamstudy.augment.controlnet import canny_edges, generated_count
 from dreamstudy.augment.generative import base_pipeline
@@ -46,8 +47,7 @@ def offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-def noise(seed, size=48):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+noise = noise_image
 
 
 def ctx(strength, num_per_image, seed=0):

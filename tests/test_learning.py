@@ -22,7 +22,7 @@ from dreamstudy.methods import METHODS, get_method
 from dreamstudy.methods.trainer import Examples, diffusion_loss, latent_distribution, pixel_batch, tokenize, train
 from dreamstudy.models.loading import load_components, load_pipeline
 from dreamstudy.sampling.sample import use_scheduler
-from tests.test_train_sample import smoke_train_params
+from tests.helpers import smoke_train_params
 
 RESOLUTION = 32
 STEPS = 60

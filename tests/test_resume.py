@@ -2,14 +2,12 @@
 
 import hashlib
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import Checkpointing, Examples, train
+from dreamstudy.methods.trainer import Checkpointing, train
 from dreamstudy.models.loading import load_components
-from tests.test_train_sample import smoke_train_params
+from tests.helpers import noise_examples, smoke_train_params
 
 STEPS = 7
 
@@ -20,11 +18,7 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return Examples([(folder / f"{i}.png", "a photo of sks dog") for i in range(3)])
+    return noise_examples(tmp_path_factory.mktemp("images"), 3, seed=1, size=32)
 
 
 def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
+from tests.helpers import noise_image
 from dreamstudy.augment import STRATEGIES, Augmented, Context, augment_subject, get_strategy
 from dreamstudy.augment import background as bg
 from dreamstudy.augment.scale import CANVAS, FAR, NEAR
@@ -27,7 +28,7 @@ def array(image):
 
 @pytest.fixture
 def noise():
-    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    return noise_image(0)
 
 
 @pytest.fixture

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from dreamstudy.methods import get_method
 from dreamstudy.methods.custom_diffusion import KV
 from dreamstudy.methods.tokens import EMBEDS, LearnedToken, check_token
-from dreamstudy.methods.trainer import Examples, train
+from dreamstudy.methods.trainer import train
 from dreamstudy.models.loading import load_components, resolve_pretrained
-from tests.test_train_sample import smoke_train_params
+from tests.helpers import noise_examples, smoke_train_params
 
 RESOLUTION = 32
 PROMPT = "a photo of <sks> dog"
@@ -23,11 +22,7 @@ PROMPT = "a photo of <sks> dog"
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return Examples([(folder / f"{i}.png", "a photo of sks dog") for i in range(3)])
+    return noise_examples(tmp_path_factory.mktemp("images"), 3, seed=2)
 
 
 def trained(name, examples, folder):

@@ -6,7 +6,7 @@ from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.data.fetch import Subject
 from dreamstudy.methods import run
 from dreamstudy.params import load_params
-from tests.test_train_sample import ROOT
+from tests.helpers import ROOT
 
 
 def test_untrainable_token_stops_before_models_load(tmp_path, monkeypatch):

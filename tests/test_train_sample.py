@@ -2,7 +2,6 @@
 CPU training is bit-reproducible, and each sample depends on its own seed only."""
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,39 +13,24 @@ from safetensors.torch import load_file
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import read_jsonl
 from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import Examples, train
+from dreamstudy.methods.trainer import train
 from dreamstudy.models.loading import load_components, resolve_pretrained
-from dreamstudy.params import load_params
+from tests.helpers import noise_examples, smoke_train_params
 from dreamstudy.sampling.sample import SampleSpec, generate
 
 RESOLUTION = 32
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def smoke_train_params(**sections):
-    """params.smoke.yaml's `train` section, with some method sections' keys changed."""
-    train = load_params(ROOT / "params.smoke.yaml").train
-    return train.model_copy(update={name: getattr(train, name).model_copy(update=change)
-                                    for name, change in sections.items()})
 
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        path = folder / f"{i:02d}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return [(p, "a photo of sks dog") for p in paths]
+    return noise_examples(tmp_path_factory.mktemp("images"), 3, seed=0)
 
 
 def train_lora(examples, out, seed=0, steps=4):
     method, schedule = get_method("lora", smoke_train_params(lora={"lr": 1e-2, "steps": steps, "batch_size": 2}))
     parts = load_components("tiny")
     losses = []
-    train(method, schedule, parts, Examples(examples), identifier="sks", class_name="dog", resolution=RESOLUTION,
+    train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=RESOLUTION,
           seed=seed, log=lambda step, loss: losses.append(loss))
     out.mkdir()
     method.save(parts, out)

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -63,26 +63,31 @@ def tiny_fingerprint() -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tiny_folder() -> Path:
-    """The tiny pipeline's folder, built on first use.
+def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """`folder`, built by `build` on first use in a temporary sibling and renamed into place.
 
-    Built in a temporary sibling and renamed into place: the rename is atomic, so the folder is either
-    complete or absent, and of two concurrent builders the later one finds it taken and discards its copy.
+    The rename is atomic, so the folder is complete or absent, and of two concurrent builders the
+    later one finds it taken and discards its copy.
     """
-    folder = cache_dir() / f"tiny-{tiny_fingerprint()}"
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        tiny.build_tiny_pipeline(build, seed=TINY_SEED)
-        os.rename(build, folder)
+        build(tmp)
+        os.rename(tmp, folder)
     except OSError:
         if not folder.is_dir():
             raise
     finally:
-        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def tiny_folder() -> Path:
+    """The tiny pipeline's folder in the model cache, built on first use."""
+    return build_once(cache_dir() / f"tiny-{tiny_fingerprint()}",
+                      lambda tmp: tiny.build_tiny_pipeline(tmp, seed=TINY_SEED))
 
 
 def _looks_like_path(pretrained: str) -> bool:

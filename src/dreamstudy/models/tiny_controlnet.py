@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from huggingface_hub.errors import HFValidationError
 
-from dreamstudy.models.loading import TINY, ModelLoadError, cache_dir, tiny_fingerprint, tiny_folder
+from dreamstudy.models.loading import TINY, ModelLoadError, build_once, cache_dir, tiny_fingerprint, tiny_folder
 
 TINY_CONTROLNET_SEED = 0
 # Bump when build_tiny_controlnet changes in a way the fingerprint's recipe does not show.
@@ -48,27 +44,6 @@ def tiny_controlnet_fingerprint() -> str:
     recipe = {"build": TINY_CONTROLNET_BUILD_VERSION, "seed": TINY_CONTROLNET_SEED,
               "conditioning_channels": CONDITIONING_CHANNELS, "tiny": tiny_fingerprint()}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
-    """`folder`, built by `build` on first use in a temporary sibling and renamed into place.
-
-    The rename is atomic, so the folder is complete or absent, and of two concurrent builders the
-    later one finds it taken and discards its copy (the recipe of models.loading.tiny_folder).
-    """
-    if folder.is_dir():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        build(tmp)
-        os.rename(tmp, folder)
-    except OSError:
-        if not folder.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def tiny_controlnet_folder() -> Path:
