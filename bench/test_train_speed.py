@@ -58,12 +58,14 @@ def test_steady_is_the_median_step_interval_after_warmup():
     assert result["step_s"] == pytest.approx(0.1)
     assert result["step_cpu_s"] == pytest.approx(0.05)
     assert result["to_first_step_s"] == pytest.approx(0.75)
+    assert result["to_first_step_cpu_s"] == pytest.approx(0.5)
     assert result["steps"] == 7
 
 
 def test_summary_ratios_and_targets():
     def side(step, whole):
-        return [{"step_s": step, "step_cpu_s": step, "to_first_step_s": 1.0, "to_weights_s": whole,
+        return [{"step_s": step, "step_cpu_s": step, "to_first_step_s": 1.0, "to_first_step_cpu_s": 1.0,
+                 "to_weights_s": whole, "peak_rss_mib": 500.0,
                  "to_exit_s": whole, "cpu_s": whole}]
 
     bare = [{"step_s": 0.010, "step_cpu_s": 0.010, "fused_step_s": 0.008, "fused_step_cpu_s": 0.008}]
@@ -112,7 +114,9 @@ def test_end_to_end_on_the_tiny_model(tmp_path, fake_reference):
     report = json.loads(out.read_text())
     lora = report["summary"]["lora"]
     for side in ("ours", "reference"):
-        assert lora[side]["steps_per_s"] > 0 and lora[side]["to_weights_s"] > lora[side]["to_first_step_s"] > 0
+        times = lora[side]
+        assert times["steps_per_s"] > 0 and times["to_first_step_s"] > 0 and times["peak_rss_mib"] > 0
+        assert times["to_exit_s"] >= times["to_weights_s"] > 0  # of the same (plain) run
         assert report["runs"]["lora"][side][0]["steps"] == 3
     assert lora["bare_step_s"] > 0 and lora["bare_fused_step_s"] > 0
     assert set(lora["ours"]["targets_met"]) == {"steady_speedup", "step_within_10pct_of_bare", "whole_run_speedup"}

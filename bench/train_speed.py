@@ -16,10 +16,10 @@ everything, with machine info, to results/bench/train_speed.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -166,38 +166,39 @@ class Bench:
         if stepped["steps"] != self.args.steps or stepped["torch_threads"] != self.args.threads:
             sys.exit(f"error: {side} {method}: {stepped['steps']} steps on {stepped['torch_threads']} threads, "
                      f"expected {self.args.steps} on {self.args.threads}; see {log}")
-        return stepped | {key: whole[key] for key in ("to_weights_s", "to_exit_s", "cpu_s")}
+        return stepped | {key: whole[key] for key in ("to_weights_s", "to_exit_s", "cpu_s", "peak_rss_mib")}
 
 
 def timed_run(command: list, cwd: Path, out: Path, env: dict, log: Path, steps_file: Path | None = None) -> dict:
     """Run `command` (under bench/steptimer.py when `steps_file`); its times in seconds from its start."""
     shutil.rmtree(out, ignore_errors=True)
     prefix = [sys.executable] + ([BENCH / "steptimer.py", steps_file] if steps_file else [])
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     with log.open("w") as handle:
-        done = subprocess.run([str(part) for part in prefix + command], cwd=cwd, env=env, stdout=handle,
-                              stderr=subprocess.STDOUT)
+        process = subprocess.Popen([str(part) for part in prefix + command], cwd=cwd, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # reaps it, with its own CPU time and peak memory
     end = time.time()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        sys.exit(f"error: {command[0]} failed (exit {done.returncode}); see {log}")
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        sys.exit(f"error: {command[0]} failed (exit {process.returncode}); see {log}")
     weights = [path.stat().st_mtime for path in out.rglob("*.safetensors")]
     if not weights:
         sys.exit(f"error: {command[0]} wrote no *.safetensors under {out}; see {log}")
     run = {"to_weights_s": max(weights) - start, "to_exit_s": end - start,
-           "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+           "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}  # Linux: KiB
     if steps_file:
         run |= json.loads(steps_file.read_text()) | {"start": start}
     return run
 
 
 def steady(run: dict, warmup: int) -> dict:
-    """Median interval between optimizer steps after `warmup` steps (wall and CPU), and time to the first."""
+    """Median interval between optimizer steps after `warmup` steps, and time to the first (wall and CPU)."""
     wall, cpu = run["wall"], run["cpu"]
     return {"step_s": statistics.median(b - a for a, b in zip(wall[warmup:], wall[warmup + 1:])),
             "step_cpu_s": statistics.median(b - a for a, b in zip(cpu[warmup:], cpu[warmup + 1:])),
-            "to_first_step_s": wall[0] - run["start"], "steps": len(wall), "torch_threads": run["torch_threads"]}
+            "to_first_step_s": wall[0] - run["start"], "to_first_step_cpu_s": cpu[0],
+            "steps": len(wall), "torch_threads": run["torch_threads"]}
 
 
 def bare_run(model: str, method: str, resolution: int, env: dict) -> dict:
@@ -220,7 +221,8 @@ def summarize(runs: dict[str, list[dict]], bare: list[dict], sides: list[str]) -
     for side in sides:
         r = runs[side]
         out[side] = {key: median_of(r, key) for key in
-                     ("step_s", "step_cpu_s", "to_first_step_s", "to_weights_s", "to_exit_s", "cpu_s")}
+                     ("step_s", "step_cpu_s", "to_first_step_s", "to_first_step_cpu_s", "to_weights_s", "to_exit_s",
+                      "cpu_s", "peak_rss_mib")}
         out[side]["steps_per_s"] = 1 / out[side]["step_s"]
     for side in sides:
         if side == "reference":
@@ -241,25 +243,27 @@ def summarize(runs: dict[str, list[dict]], bare: list[dict], sides: list[str]) -
 
 def print_table(summary: dict, steps: int) -> None:
     """Wall-clock figures, each with its CPU-time counterpart in brackets (the load-robust one)."""
-    print(f"\n{'method':11} {'side':11} {'steps/s':>7} {'step ms (cpu)':>14} {'vs bare':>7} {'1st step s':>10} "
-          f"{f'{steps} steps s (cpu)':>19} {'steady x (cpu)':>15} {'whole x (cpu)':>14}")
+    print(f"\n{'method':10} {'side':10} {'steps/s':>7} {'step ms (cpu)':>14} {'vs bare':>7} {'1st step s (cpu)':>16} "
+          f"{f'{steps} steps s (cpu)':>18} {'MiB':>5} {'steady x (cpu)':>15} {'whole x (cpu)':>14}")
     for method, s in summary.items():
         for label, key in (("bare", "bare_step_s"), ("bare fused", "bare_fused_step_s")):
             cpu = s[key.replace("step_s", "step_cpu_s")]
-            print(f"{method:11} {label:11} {1 / s[key]:7.1f} {1000 * s[key]:6.2f} ({1000 * cpu:5.2f})")
+            print(f"{method:10} {label:10} {1 / s[key]:7.1f} {1000 * s[key]:6.2f} ({1000 * cpu:5.2f})")
         for side, r in s.items():
             if not isinstance(r, dict):
                 continue
-            line = (f"{method:11} {side:11} {r['steps_per_s']:7.1f} {1000 * r['step_s']:6.2f} "
+            line = (f"{method:10} {side:10} {r['steps_per_s']:7.1f} {1000 * r['step_s']:6.2f} "
                     f"({1000 * r['step_cpu_s']:5.2f}) ")
             line += f"{100 * r['step_over_bare']:+6.1f}%" if side != "reference" else " " * 7
-            line += f" {r['to_first_step_s']:10.2f} {r['to_weights_s']:10.2f} ({r['cpu_s']:6.2f})"
+            line += (f" {r['to_first_step_s']:7.2f} ({r['to_first_step_cpu_s']:5.2f}) {r['to_weights_s']:9.2f} "
+                     f"({r['cpu_s']:5.2f}) {r['peak_rss_mib']:5.0f}")
             if side != "reference":
                 line += (f" {r['steady_speedup']:6.2f}x ({r['steady_speedup_cpu']:4.2f}x)"
                          f" {r['whole_run_speedup']:5.2f}x ({r['whole_run_speedup_cpu']:4.2f}x)")
             print(line)
     print(f"(x = reference time / ours; targets: steady and whole run >= {TARGET_SPEEDUP}x, step within "
-          f"{100 * TARGET_BARE_OVERHEAD:.0f}% of the bare step with torch's default AdamW, as diffusers' scripts)")
+          f"{100 * TARGET_BARE_OVERHEAD:.0f}% of the bare step with torch's default AdamW, as diffusers' scripts; "
+          "MiB = peak resident memory of the whole run)")
 
 
 def parse_variant(text: str) -> tuple[str, Path]:
@@ -322,7 +326,9 @@ def main(argv=None) -> None:
         print(f"not benched (not registered): {', '.join(missing)}")
     report = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "reference_dir", "variant")}
               | {"variants": {label: str(path) for label, path in args.variant},
-                 "reference": reference_source, "reference_scripts": str(scripts)},
+                 "reference": reference_source, "reference_scripts": str(scripts),
+                 "reference_sha256": {name: hashlib.sha256((scripts / name).read_bytes()).hexdigest()
+                                      for name in REFERENCE_SCRIPTS.values()}},
               "machine": machine_info(args.threads) | {"loadavg_1min": load},
               "missing_methods": missing, "summary": summary, "runs": runs, "bare": bare}
     args.out.parent.mkdir(parents=True, exist_ok=True)

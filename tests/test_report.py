@@ -20,7 +20,9 @@ from dreamstudy.report.ablation import write_ablation_report
 from dreamstudy.report.figures import breakdown_figure, dino_vs_clip_t_figure, metrics_figure, samples_figure
 from dreamstudy.report.load import RANDOM_INIT_LABEL, STAT_METRICS, TINY_MODEL_LABEL
 from dreamstudy.report.overfitting import memorization_figure, overfitting_figure
+from dreamstudy.report.plotting import plt
 from dreamstudy.report.published import load_published
+from dreamstudy.report.tables import main_table
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECTS = {"dog": "dog", "backpack": "backpack"}
@@ -112,6 +114,12 @@ def make_samples(root: Path, strategies: list[str], model: str) -> pd.DataFrame:
                                  "memorized": mem_dino > THRESHOLD})
             write_jsonl(folder / "samples.jsonl", samples)
     return pd.DataFrame(rows).drop(columns=["identifier", "model"])
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")  # the figure tests keep theirs open; free them test by test
 
 
 def load(results_dir: Path):
@@ -228,12 +236,33 @@ def test_per_subject_table_has_a_row_per_subject_and_escapes_latex(paper):
     assert r"dino\_vits16" in text
 
 
-def test_no_tests_without_a_none_baseline(tmp_path):
-    results = load(make_results(tmp_path / "results", strategies=["classic", "scale"]))
-    assert not (tmp_path / "results" / "metrics" / "tests.csv").exists() and results.tests.empty
+def test_runs_are_listed_baseline_first(tmp_path):
+    results_dir = make_results(tmp_path / "results")
+    edit_csv(metrics(results_dir, "per_subject.csv"), lambda t: t.sort_values(["strategy", "subject"]))
+    results = load(results_dir)
+    assert results.strategies == ["none", "classic"] and results.runs == [("lora", "none"), ("lora", "classic")]
+    text = main_table(results)
+    assert text.index("lora & none") < text.index("lora & classic")
+
+
+@pytest.mark.parametrize("header_only", [False, True])
+def test_no_tests_without_a_none_baseline(tmp_path, header_only):
+    results_dir = make_results(tmp_path / "results", strategies=["classic", "scale"])
+    if header_only:  # as the evaluate stage writes it: the columns, no rows
+        metrics(results_dir, "tests.csv").write_text("method,strategy,baseline,metric,mean_diff,p_value,test,"
+                                                     "n_subjects,significant,note\n")
+    results = load(results_dir)
+    assert results.tests.empty
     write_report(results, tmp_path / "paper")
     text = table(tmp_path / "paper", "main")
     assert "$*" not in text and "No significance tests" in text
+
+
+def test_real_images_of_a_single_photo_subject_are_left_out(tmp_path):
+    results_dir = make_results(tmp_path / "results")
+    set_cell("real_images.csv", "dino", np.nan, row=1)(results_dir)  # backpack: one photo, no pair
+    write_report(load(results_dir), tmp_path / "paper")
+    assert has_row(table(tmp_path / "paper", "main"), "Real images (upper bound)", "--", "0.800", "0.875", "--", "--")
 
 
 # ---- labels -------------------------------------------------------------------------------------------------
@@ -414,5 +443,6 @@ def test_ablation_report(tmp_path):
     assert {p.name for p in written} == {"ablation.tex", "plane.pdf", "plane.png", "strength.pdf", "strength.png"}
     tex = (tmp_path / "paper" / "ablation.tex").read_text()
     # the synthetic DINO grows with the label's position: scale@1.0 is best; CLIP-T ties everywhere
-    assert re.search(r"^scale & 1 & \\textbf\{0\.585\} & \\textbf\{0\.785\} & \\textbf\{0\.300\}", tex, re.M), tex
+    best = r"^scale & 1 & \\textbf\{0\.585\} & \\textbf\{0\.785\} & \\textbf\{0\.300\}"
+    assert re.search(best, tex, re.MULTILINE), tex
     assert re.search(r"^classic & 0\.5 & 0\.435 & 0\.635 & ", tex, re.MULTILINE), tex

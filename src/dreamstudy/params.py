@@ -123,7 +123,8 @@ class TrainParams(Section):
     methods: list[Literal[METHODS]] = Field(description="personalization methods of the study (DAG shape)")
     identifier: str = Field("sks", description="rare token that names the subject")
     checkpoint_every: PositiveInt = Field(100, description="steps between resumable checkpoints")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="autocast dtype on GPU")
+    # "fp32", not accelerate's "no": YAML reads an unquoted no as false, and `dvc exp run -S` unquotes
+    mixed_precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="autocast dtype on GPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save GPU memory")
     use_8bit_adam: bool = Field(False, description="bitsandbytes AdamW8bit when importable (GPU)")
     dreambooth: DreamBoothParams

@@ -62,7 +62,7 @@ class Prior:
 class Hardware:
     """Speed and memory switches (GPU); all off gives the plain float32 loop."""
 
-    mixed_precision: str = "no"          # "no" | "fp16" | "bf16"
+    mixed_precision: str = "fp32"        # "fp32" | "fp16" | "bf16"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False          # only when bitsandbytes is importable
 
@@ -190,7 +190,8 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
           resolution: int, seed: int, prior: Prior | None = None, hardware: Hardware = Hardware(),
           checkpointing: Checkpointing | None = None, log: Callable[[int, float], None] | None = None) -> None:
     """Train `method` on `examples`; `parts` (models.loading.Components) are changed in place."""
-    accelerator = Accelerator(mixed_precision=hardware.mixed_precision, cpu=not torch.cuda.is_available())
+    precision = "no" if hardware.mixed_precision == "fp32" else hardware.mixed_precision
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     for model in (parts.unet, parts.vae, parts.text_encoder):
         model.requires_grad_(False)
         model.to(accelerator.device)

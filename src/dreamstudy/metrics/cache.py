@@ -44,6 +44,8 @@ class EmbeddingCache:
 
     def images(self, which: str, paths: Sequence[str | Path]) -> torch.Tensor:
         """[N, D] L2-normalised embeddings of the image files, by encoder `which` ("clip" or "dino")."""
+        if not paths:
+            raise ValueError(f"no images to embed with {which!r}")
         key = self.encoders.cache_key(which)
         digests = [file_sha256(path) for path in paths]
         # dict keeps one path per new digest: duplicate files are encoded once

@@ -96,10 +96,12 @@ def wilcoxon_table(per_subject: pd.DataFrame, baseline: str = BASELINE) -> pd.Da
         base = per_subject[(per_subject.method == method) & (per_subject.strategy == baseline)]
         if strategy == baseline or base.empty:
             continue
-        paired = runs.merge(base, on="subject", suffixes=("", "_base"))
-        for metric in (*PROMPT_METRICS, *SUBJECT_METRICS):
-            both = paired[[metric, f"{metric}_base"]].astype(float).dropna()
-            differences = (both[metric] - both[f"{metric}_base"]).to_numpy()
+        metrics = [*PROMPT_METRICS, *SUBJECT_METRICS]
+        # subject -> strategy minus baseline; NaN where either lacks a value (or the subject)
+        paired = (runs.set_index("subject")[metrics].astype(float)
+                  - base.set_index("subject")[metrics].astype(float))
+        for metric in metrics:
+            differences = paired[metric].dropna().to_numpy()
             p_value, note = paired_wilcoxon(differences)
             records.append({"method": method, "strategy": strategy, "baseline": baseline, "metric": metric,
                             "mean_diff": float(differences.mean()) if differences.size else math.nan,

@@ -107,14 +107,11 @@ def read_pres(samples_root: str | Path, runs: list[Run]) -> dict[Run, list[dict]
 
 
 def _pres_image(pres_jsonl: Path, line: int, name: str) -> Path:
-    # "file" is relative to the run folder ("pres/0000.png"); rows that name the file inside pres/
-    # ("0000.png") are read too.
-    candidates = [pres_jsonl.parent / name, pres_jsonl.parent / PRES / name]
-    found = next((path for path in candidates if path.is_file()), None)
-    if found is None:
-        raise FileNotFoundError(f"{pres_jsonl}:{line}: image {name!r} not found (looked for "
-                                f"{[str(path) for path in candidates]})")
-    return found.resolve()
+    """The image a row names, relative to the run folder ("pres/0000.png")."""
+    path = pres_jsonl.parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{pres_jsonl}:{line}: image {str(path)!r} not found")
+    return path.resolve()
 
 
 def grid_runs(params, study: str) -> list[Run]:

@@ -19,7 +19,7 @@ from dreamstudy.report.overfitting import memorization_figure, overfitting_figur
 from dreamstudy.report.plotting import interval_bars, plt, save, sns
 from dreamstudy.report.tables import ordered_metrics
 
-__all__ = ["write_figures", "plt", "save", "sns"]  # plt, save, sns: also the ablation's figures
+__all__ = ["plt", "save", "sns", "write_figures"]  # plt, save, sns: also the ablation's figures
 
 THUMBNAIL_PX = 256  # a grid cell is ~2 in wide: full-size samples would only bloat the PDFs
 PROMPT_TITLE_WIDTH = 26  # characters per line of a prompt above its column
@@ -98,10 +98,11 @@ def samples_figure(results: Results, subject: str, n_prompts: int) -> Figure:
     if prompts.empty:
         raise ResultsError(f"samples.jsonl of subject {subject!r}: no row with image_index 0")
     columns = list(prompts[["prompt_index", "prompt"]].itertuples(index=False))
-    runs = results.per_subject.loc[results.per_subject["subject"] == subject, RUN_KEYS]
+    sampled = set(samples[RUN_KEYS].itertuples(index=False, name=None))
+    runs = [run for run in results.runs if run in sampled]
     figure, axes = plt.subplots(len(runs), len(columns), squeeze=False, layout="constrained",
                                 figsize=(2 * len(columns) + 0.4, 2.2 * len(runs) + 0.6))
-    for row, (method, strategy) in enumerate(runs.itertuples(index=False)):
+    for row, (method, strategy) in enumerate(runs):
         for column, (prompt_index, prompt) in enumerate(columns):
             ax = axes[row, column]
             ax.set(xticks=[], yticks=[])

@@ -3,7 +3,8 @@
 The report depends on results/ alone, so every file it needs is checked here, before anything is drawn:
 a missing or malformed input fails with an error naming the file. Empty cells are accepted only where the
 results schema allows NaN (`NULLABLE`: DIV with < 2 images per prompt, PRES without pres.jsonl, PRES of the
-base model without class images); tests.csv only exists when the grid has the `none` baseline.
+base model without class images; real_images.csv of a subject with a single photo); tests.csv has rows only
+when the grid has the `none` baseline, and may then be absent.
 """
 
 from __future__ import annotations
@@ -73,7 +74,15 @@ class Results:
 
     @property
     def strategies(self) -> list[str]:
-        return _in_order_of_appearance(self.per_subject["strategy"])
+        """The baseline `none` first (what the others are compared with), then the others as they appear."""
+        strategies = _in_order_of_appearance(self.per_subject["strategy"])
+        return sorted(strategies, key=lambda strategy: strategy != BASELINE)  # stable: keeps the others' order
+
+    @property
+    def runs(self) -> list[tuple[str, str]]:
+        """(method, strategy) of every run, by method, then strategy in the order of `strategies`."""
+        present = set(self.per_subject[RUN_KEYS].itertuples(index=False, name=None))
+        return [(m, s) for m in self.methods for s in self.strategies if (m, s) in present]
 
     @property
     def subjects(self) -> list[str]:
@@ -160,7 +169,7 @@ def _read_tests(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
 
 def _read_real_images(path: Path, subjects: pd.Series) -> pd.DataFrame:
     table = _read_csv(path, ["subject", "dino", "clip_i"])
-    _to_numbers(table, path, ["dino", "clip_i"], nan_ok=False)
+    _to_numbers(table, path, ["dino", "clip_i"], nan_ok=True)  # NaN: a subject with a single photo has no pair
     _no_repeats(table, path, ["subject"])
     absent = sorted(set(subjects) - set(table["subject"]))
     if absent:

@@ -3,6 +3,7 @@ each image's highest DINO similarity to a training image against the memorizatio
 
 from __future__ import annotations
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from dreamstudy.report.load import LABELS, RUN_KEYS, Results
@@ -22,14 +23,20 @@ def overfitting_figure(results: Results) -> Figure:
                                   results.strategies)
         ax.set(title=f"{LABELS[metric]}\n({meaning})", ylabel="")
         if metric == "pres":
-            base = results.per_subject.groupby(RUN_KEYS)["pres_base"].mean().dropna()  # NaN: no class images
-            ax.scatter([positions[run] for run in base.index], base, marker="_", s=300, color="black",
-                       zorder=3, label="base model")
+            base_model_ticks(ax, results, positions)
     pres_panel = axes[list(PANELS).index("pres")]  # its legend has the strategies and the base model
     figure.legend(*pres_panel.get_legend_handles_labels(), loc="outside right center")
-    figure.suptitle(results.caption(f"Diversity (LPIPS {results.encoders.lpips}), prior preservation and "
-                                    "memorization: mean and 95% CI", sep="\n"))
+    figure.suptitle(results.caption("Diversity, prior preservation and memorization: mean and 95% CI; LPIPS: "
+                                    f"{results.encoders.lpips}", sep="\n"))
     return figure
+
+
+def base_model_ticks(ax: Axes, results: Results, positions: dict) -> None:
+    """The base model's PRES of each run's subjects (mean over those with class images) as a tick on its bar."""
+    base = results.per_subject.groupby(RUN_KEYS)["pres_base"].mean().dropna()
+    if not base.empty:
+        ax.scatter([positions[run] for run in base.index], base, marker="_", s=300, color="black", zorder=3,
+                   label="base model")
 
 
 def memorization_figure(results: Results) -> Figure:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # the stage runs headless under DVC; pyplot (also seaborn
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["plt", "sns", "save", "interval_bars"]
+__all__ = ["interval_bars", "plt", "save", "sns"]
 
 PNG_DPI = 150
 BAR_GROUP_WIDTH = 0.8  # of the space between two methods, shared by their strategies' bars
@@ -39,5 +39,7 @@ def interval_bars(ax: Axes, stats: pd.DataFrame, methods: list[str], strategies:
         ax.errorbar(x, rows["mean"], yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
                     fmt="none", ecolor="black", elinewidth=1, capsize=2)
         positions |= {(method, strategy): position for method, position in zip(methods, x)}
-    ax.set_xticks(np.arange(len(methods)), methods)
+    ax.set_xticks(np.arange(len(methods)), methods, rotation=20, ha="right")  # 4 method names side by side
+    if stats["mean"].isna().all():  # e.g. PRES of runs without pres.jsonl: say so rather than draw blank axes
+        ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="gray")
     return positions

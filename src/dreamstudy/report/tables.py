@@ -16,12 +16,14 @@ from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, esti
 from dreamstudy.report.load import BASELINE, LABELS, METRICS, RUN_KEYS, SUBJECT_KEYS, Results
 from dreamstudy.report.published import load_published, published_rows, sources_note
 
-__all__ = ["write_tables", "to_latex", "escape_latex"]  # to_latex: also the ablation's table
+__all__ = ["escape_latex", "to_latex", "write_tables"]  # to_latex: also the ablation's table
 
 BY_LABELS = {"prompt_kind": "prompt kind", "live": "subject"}
 CI_NOTE = ("Our runs: mean with its 95% CI as offsets (hierarchical bootstrap over subjects and, within each, "
            "prompts).")
 PUBLISHED_TITLE = "Published (other protocols, not directly comparable; see caption)"
+REAL_NOTE = ("n: generated images per run. Real images: mean similarity between different real photos of a "
+             "subject, averaged over subjects (the upper bound).")
 
 
 def run_rows(results: Results, metrics: list[str]) -> list[list[str]]:
@@ -32,7 +34,7 @@ def run_rows(results: Results, metrics: list[str]) -> list[list[str]]:
     marked = set(tests.loc[(tests["baseline"] == BASELINE) & tests["significant"], [*RUN_KEYS, "metric"]]
                  .itertuples(index=False, name=None))
     rows = []
-    for method, strategy in run_list(results):
+    for method, strategy in results.runs:
         cells = []
         for metric in metrics:
             row = stats.loc[(method, strategy, metric)]
@@ -41,22 +43,16 @@ def run_rows(results: Results, metrics: list[str]) -> list[list[str]]:
     return rows
 
 
-def run_list(results: Results) -> list[tuple[str, str]]:
-    return list(results.per_subject[RUN_KEYS].drop_duplicates().itertuples(index=False, name=None))
-
-
 def main_table(results: Results) -> str:
     """DINO, CLIP-I, CLIP-T and n (generated images) per run; real images; published rows."""
     n_images = results.per_image.groupby(RUN_KEYS, sort=False).size()
-    ours = [[*row, str(n_images[run])] for row, run in zip(run_rows(results, list(METRICS)), run_list(results))]
+    ours = [[*row, str(n_images[run])] for row, run in zip(run_rows(results, list(METRICS)), results.runs)]
     real = results.real_images[["dino", "clip_i"]].mean()
     real_row = ["Real images (upper bound)", MISSING, number(real["dino"]), number(real["clip_i"]), MISSING,
                 MISSING]
     published = load_published()
-    caption = " ".join([
-        "DreamBench scores per method and augmentation strategy.", CI_NOTE, significance_note(results),
-        "n: generated images per run. Real images: mean similarity between different real photos of a subject, "
-        "averaged over subjects (the upper bound).", protocol_note(results), published_note(published)])
+    caption = " ".join(["DreamBench scores per method and augmentation strategy.", CI_NOTE,
+                        significance_note(results), REAL_NOTE, protocol_note(results), published_note(published)])
     return booktabs(["Method", "Strategy", *METRICS.values(), "n"], "llrrrr",
                     [Block(ours), Block([real_row]),
                      Block(published_rows(published, list(METRICS), trailing=1), PUBLISHED_TITLE)],
@@ -67,18 +63,13 @@ def overfitting_table(results: Results) -> str:
     """DIV, PRES (with the base model's PRES beside it) and the memorized share per run; DreamBooth's
     prior-preservation ablation below."""
     pres_base = results.per_subject.groupby(RUN_KEYS, sort=False)["pres_base"].mean()  # NaN-skipping
+    # run_rows gives method, strategy, DIV, PRES, memorized; PRES (base) has no CI and goes before memorized
     ours = [[*row[:4], number(pres_base[run]), row[4]]
-            for row, run in zip(run_rows(results, ["div", "pres", "memorized"]), run_list(results))]
+            for row, run in zip(run_rows(results, ["div", "pres", "memorized"]), results.runs)]
     published = load_published().dropna(subset=["pres", "div"], how="all")
-    caption = " ".join([
-        "Diversity, prior preservation and memorization per method and augmentation strategy.", CI_NOTE,
-        significance_note(results),
-        "DIV: mean pairwise LPIPS distance between the images of one prompt (higher: more diverse; LPIPS "
-        f"network: {results.encoders.lpips}). PRES: mean DINO similarity of the model's 'a photo of a [class]' images to "
-        "the subject's real photos (lower: better prior preservation); PRES (base): the same for the base "
-        "model's images of the same seeds, mean over subjects. Memorized: share of generated images whose "
-        f"highest DINO similarity to a training image exceeds {results.memorization_threshold:g}. "
-        f"{MISSING}: not measured.", protocol_note(results), published_note(published, scores=False)])
+    caption = " ".join(["Diversity, prior preservation and memorization per method and augmentation strategy.",
+                        CI_NOTE, significance_note(results), definitions_note(results), protocol_note(results),
+                        published_note(published, scores=False)])
     header = ["Method", "Strategy", LABELS["div"], LABELS["pres"], LABELS["pres_base"], LABELS["memorized"]]
     published_block = Block(published_rows(published, ["div", "pres"], trailing=2), PUBLISHED_TITLE)
     return booktabs(header, "llrrrr", [Block(ours), published_block],
@@ -92,7 +83,7 @@ def breakdown_table(results: Results) -> str:
     blocks = []
     for (by, group), rows in breakdown.groupby(["by", "group"], sort=False):
         wide = rows.pivot(index=RUN_KEYS, columns="metric", values="value").reindex(columns=metrics)
-        wide = wide.loc[[run for run in run_list(results) if run in wide.index]]  # pivot sorted the runs
+        wide = wide.loc[[run for run in results.runs if run in wide.index]]  # pivot sorted the runs
         blocks.append(Block([[escape_latex(method), escape_latex(strategy), *map(number, values)]
                              for (method, strategy), values in zip(wide.index, wide.to_numpy())],
                             f"{BY_LABELS.get(by, by).capitalize()}: {group}"))
@@ -111,11 +102,20 @@ def ordered_metrics(metrics: pd.Series) -> list[str]:
 def per_subject_table(results: Results) -> pd.DataFrame:
     """One row per subject; a column group per (method, strategy) with its three scores."""
     per_subject = results.per_subject.assign(run=lambda t: t["method"] + " / " + t["strategy"])
-    runs = list(dict.fromkeys(per_subject["run"]))
+    runs = [f"{method} / {strategy}" for method, strategy in results.runs]
     wide = per_subject.pivot(index=["subject", "class"], columns="run", values=list(METRICS))
     wide = wide.rename(columns=METRICS, level=0).swaplevel(axis="columns")
     wide = wide.reindex(columns=pd.MultiIndex.from_product([runs, METRICS.values()]))
     return wide.reset_index().rename(columns={"subject": "Subject", "class": "Class"})
+
+
+def definitions_note(results: Results) -> str:
+    return ("DIV: mean pairwise LPIPS distance between the images of one prompt (higher: more diverse; LPIPS "
+            f"network: {results.encoders.lpips}). PRES: mean DINO similarity of the model's 'a photo of a "
+            "[class]' images to the subject's real photos (lower: better prior preservation); PRES (base): the "
+            "same for the base model's images of the same seeds, mean over subjects. Memorized: share of "
+            "generated images whose highest DINO similarity to a training image exceeds "
+            f"{results.memorization_threshold:g}. {MISSING}: not measured.")
 
 
 def significance_note(results: Results) -> str:
@@ -131,10 +131,10 @@ def protocol_note(results: Results) -> str:
     prompts = image.groupby("subject")["prompt_index"].nunique()
     per_prompt = image.groupby([*SUBJECT_KEYS, "prompt_index"]).size()
     enc = results.encoders
-    return (f"Our protocol: {', '.join(results.models)}; {image['subject'].nunique()} subjects x {span(prompts)} prompts "
-            f"x {span(per_prompt)} images per prompt; DINO {enc.dino}, CLIP {enc.clip}, with the preprocessing of "
-            "Custom Diffusion's evaluation script (bicubic resize, centre crop 224); CLIP-T is the raw cosine to "
-            "the prompt without the identifier token, not CLIPScore (2.5 x cosine).")
+    return (f"Our protocol: {', '.join(results.models)}; {image['subject'].nunique()} subjects x "
+            f"{span(prompts)} prompts x {span(per_prompt)} images per prompt; DINO {enc.dino}, CLIP {enc.clip}, "
+            "with the preprocessing of Custom Diffusion's evaluation script (bicubic resize, centre crop 224); "
+            "CLIP-T is the raw cosine to the prompt without the identifier token, not CLIPScore (2.5 x cosine).")
 
 
 def published_note(published: pd.DataFrame, scores: bool = True) -> str:

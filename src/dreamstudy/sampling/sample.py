@@ -82,4 +82,6 @@ def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: st
         if class_specs:
             (tmp / PRES).mkdir()
             render(pipe, class_specs, tmp / PRES, **settings)
-            write_jsonl(tmp / f"{PRES}.jsonl", [{**asdict(s), **extra} for s in class_specs])
+            subject = specs[0].subject if specs else None
+            write_jsonl(tmp / f"{PRES}.jsonl", [{**asdict(s), "file": f"{PRES}/{s.file}", "subject": subject,
+                                                 **extra} for s in class_specs])
