@@ -5,7 +5,6 @@ row per image: file, caption, source, augmented, mask, subject_mask)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -13,19 +12,10 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
 from dreamstudy.augment.registry import Context, get_strategy
-from dreamstudy.io import atomic_dir, atomic_file, read_jsonl, write_jsonl
-
-CAPTIONS = "captions.jsonl"
+from dreamstudy.io import atomic_dir, atomic_file, write_jsonl
+from dreamstudy.trainset import CAPTIONS, Example, read_training_set  # noqa: F401  (re-exported)
 MASKS = "masks"
 SUBJECT_MASKS = "subject_masks"
-
-
-class Example(NamedTuple):
-    """One training image: its caption and, optionally, the mask of pixels its loss counts."""
-
-    image: Path
-    caption: str
-    mask: Path | None = None
 
 
 def instance_caption(identifier: str, class_name: str) -> str:
@@ -75,13 +65,3 @@ def write_contact_sheet(path: str | Path, images: list[Image.Image], augmented) 
     grid = make_grid(torch.stack(tiles), nrow=columns, padding=2, pad_value=255)
     with atomic_file(path, "wb") as handle:
         TF.to_pil_image(grid).save(handle, format="PNG")
-
-
-def read_training_set(folder: str | Path) -> list[Example]:
-    """The examples of a training set written by `augment_subject` (or the class_priors stage)."""
-    folder = Path(folder)
-    captions = folder / CAPTIONS
-    if not captions.is_file():
-        raise FileNotFoundError(f"{captions}: missing; run the stage that writes it first")
-    return [Example(folder / row["file"], row["caption"], folder / row["mask"] if row.get("mask") else None)
-            for row in read_jsonl(captions)]

@@ -7,13 +7,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from dreamstudy.augment import read_training_set
 from dreamstudy.io import atomic_dir
 from dreamstudy.layout import class_folder
 from dreamstudy.methods.registry import get_method
 from dreamstudy.methods.trainer import Checkpointing, Examples, Hardware, Prior, train
 from dreamstudy.models.loading import load_components, load_tokenizer
 from dreamstudy.seeding import derive_seed
+from dreamstudy.trainset import read_training_set
 
 
 def fingerprint(config: dict, folders: list[Path]) -> str:

@@ -12,8 +12,6 @@ import gzip
 import json
 from pathlib import Path
 
-import open_clip.tokenizer as openclip_tokenizer
-
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 MODEL_MAX_LENGTH = 77
@@ -39,6 +37,8 @@ SPECIAL_TOKENS_MAP = {key: TOKENIZER_CONFIG[key] for key in ("bos_token", "eos_t
 
 def clip_merges() -> list[str]:
     """The BPE merges ("a b" per line) in rank order, as OpenAI's SimpleTokenizer reads them."""
+    import open_clip.tokenizer as openclip_tokenizer  # with timm ~0.5 s: only building the tiny model needs it
+
     lines = gzip.open(openclip_tokenizer.default_bpe()).read().decode("utf-8").split("\n")
     # Line 0 is the file's header; the first NUM_MERGES lines after it are the merges CLIP uses.
     return lines[1 : NUM_MERGES + 1]
@@ -46,6 +46,8 @@ def clip_merges() -> list[str]:
 
 def clip_vocab(merges: list[str]) -> dict[str, int]:
     """Token -> id in CLIP's order: byte symbols, byte symbols + '</w>', merged pairs, BOS, EOS."""
+    import open_clip.tokenizer as openclip_tokenizer
+
     byte_symbols = list(openclip_tokenizer.bytes_to_unicode().values())
     tokens = byte_symbols + [symbol + "</w>" for symbol in byte_symbols]
     tokens += [merge.replace(" ", "") for merge in merges]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 
-from dreamstudy.augment.dataset import CAPTIONS
+from dreamstudy.trainset import CAPTIONS
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import atomic_dir, write_jsonl
 from dreamstudy.layout import class_folder
