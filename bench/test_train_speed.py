@@ -121,3 +121,14 @@ def test_end_to_end_on_the_tiny_model(tmp_path, fake_reference):
     assert lora["bare_step_s"] > 0 and lora["bare_fused_step_s"] > 0
     assert set(lora["ours"]["targets_met"]) == {"steady_speedup", "step_within_10pct_of_bare", "whole_run_speedup"}
     assert report["machine"]["torch_threads"] == 1 and report["machine"]["versions"]["diffusers"]
+
+
+def test_import_time_is_summed_per_package():
+    from profile_train import import_seconds_by_package
+
+    importtime = ("import time: self [us] | cumulative | imported package\n"
+                  "import time:       100 |        100 |     torch._C\n"
+                  "import time:       200 |        300 |   torch\n"
+                  "import time:        50 |        350 | dreamstudy.cli\n")
+    seconds = import_seconds_by_package(importtime)
+    assert seconds["torch"] == pytest.approx(300e-6) and seconds["dreamstudy"] == pytest.approx(50e-6)

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import yaml
 
-from dreamstudy.augment import read_training_set
 from dreamstudy.data.fetch import fetch_dreambench
 from dreamstudy.layout import CLASS_PRIORS, DATASET, Layout
 from dreamstudy.methods import METHODS
 from dreamstudy.models.loading import cache_dir, resolve_pretrained
+from dreamstudy.trainset import read_training_set
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -281,7 +281,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps of each run (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the steady state (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, medians reported (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1; our "
+                        "stage runs the tiny model on one thread whatever this says, and the bench stops then)")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--subject", default="dog")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[],

@@ -113,8 +113,9 @@ def test_sigkilled_training_resumes_to_the_same_weights(smoke):
     for pid in trainer:
         os.kill(int(pid), signal.SIGKILL)
     assert stage.wait() != 0 and not weights.exists()
-    # --no-run-cache: the smoke run already stored these outputs, which DVC would otherwise check out
-    log = run(["dvc", "repro", "--no-run-cache", "train@dog-lora-none"], repo)
+    # --force: dvc.lock and the DVC cache still hold the smoke run's outputs, which a plain repro would
+    # check out; a first run killed this way has neither, and `dvc repro` runs it, as --force does here
+    log = run(["dvc", "repro", "--force", "--single-item", "train@dog-lora-none"], repo)
     assert "resuming from the checkpoint at step" in log
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == uninterrupted
 

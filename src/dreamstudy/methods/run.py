@@ -33,7 +33,8 @@ def train_run(p, *, subject, method_name: str, strategy: str, training_set: str 
     """Train `method_name` on `training_set` (subject: data.dreambench.Subject) and save it to `out_dir`."""
     training_set, checkpoint_dir = Path(training_set), Path(checkpoint_dir)
     method, schedule = get_method(method_name, p.train)
-    method.check(load_tokenizer(p.model.pretrained), method.token(p.train.identifier))
+    tokenizer = load_tokenizer(p.model.pretrained)  # checked before any model loads, then reused (~0.3 s a load)
+    method.check(tokenizer, method.token(p.train.identifier))
     examples = Examples(read_training_set(training_set))
     inputs = [training_set]
     prior = None
@@ -46,7 +47,7 @@ def train_run(p, *, subject, method_name: str, strategy: str, training_set: str 
               "priors": p.priors.model_dump() if prior else None}
     checkpointing = Checkpointing(checkpoint_dir, p.train.checkpoint_every, fingerprint(config, inputs))
     hardware = Hardware(p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam)
-    parts = load_components(p.model.pretrained)
+    parts = load_components(p.model.pretrained, tokenizer=tokenizer)
     train(method, schedule, parts, examples, identifier=p.train.identifier, class_name=subject.class_name,
           resolution=p.model.resolution, seed=derive_seed(p.seed, "train", run), prior=prior,
           hardware=hardware, checkpointing=checkpointing, log=log)
