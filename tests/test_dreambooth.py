@@ -19,6 +19,7 @@ from dreamstudy.methods.trainer import Examples, Prior, prior_preservation_loss,
 from dreamstudy.models.loading import load_components, load_pipeline, resolve_pretrained
 from dreamstudy.sampling.priors import generate_class_priors
 from stages import class_priors as class_priors_stage
+from dreamstudy.data.dreambench import SUBJECTS
 from tests.helpers import ROOT, noise_examples, smoke_train_params
 
 RESOLUTION = 32
@@ -136,7 +137,8 @@ def test_no_class_images_gives_an_empty_folder(priors):
 
 
 def test_class_priors_stage_covers_each_class_of_the_study_once(tmp_path, monkeypatch):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())  # the paper's 30 subjects
+    params = yaml.safe_load((ROOT / "params.smoke.yaml").read_text())
+    params["data"]["subjects"] = sorted(SUBJECTS)  # all 30, of 15 classes
     params["model"] = {"pretrained": "tiny", "resolution": RESOLUTION}
     params["priors"] |= {"num_images": 1, "num_inference_steps": 1}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
