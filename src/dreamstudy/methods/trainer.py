@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from dreamstudy.methods import checkpoint
 from dreamstudy.methods.registry import Method, Schedule
 from dreamstudy.seeding import derive_seed
+from dreamstudy.text import replace_identifier
 from dreamstudy.trainset import Example
 
 # diffusers' example defaults (AdamW weight decay, gradient clipping)
@@ -46,8 +46,8 @@ class Examples:
         object.__setattr__(self, "items", [Example(*item) for item in self.items])
 
     def with_token(self, identifier: str, token: str) -> "Examples":
-        word = re.compile(rf"(?<!\w){re.escape(identifier)}(?!\w)")
-        return Examples([item._replace(caption=word.sub(token, item.caption)) for item in self.items])
+        return Examples([item._replace(caption=replace_identifier(item.caption, identifier, token))
+                         for item in self.items])
 
 
 @dataclass(frozen=True)

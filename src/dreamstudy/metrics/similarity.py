@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
+
+from dreamstudy.text import replace_identifier
 
 
 def remove_identifier(prompt: str, identifier: str) -> str:
     """'a sks dog in the jungle' -> 'a dog in the jungle': CLIP-T scores the prompt without the rare token."""
     if not identifier.strip():
         raise ValueError(f"identifier must be non-empty (prompt {prompt!r})")
-    # Whole words only ('sks' leaves 'asks' alone); lookarounds also work for identifiers like '<sks>'.
-    without = re.sub(rf"(?<!\w){re.escape(identifier)}(?!\w)", " ", prompt)
+    without = replace_identifier(prompt, identifier, " ")
     return " ".join(without.split())
 
 
