@@ -1,5 +1,9 @@
 """DVC stage `augment`: one subject's training set under one augmentation strategy, and its contact sheet."""
 
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
 from dreamstudy.augment import Context, augment_subject
 from dreamstudy.augment.dataset import instance_caption
 from dreamstudy.cli import stage_args

@@ -1,5 +1,9 @@
 """DVC stage `class_priors`: "a photo of a {class}" images of every class in the study, for prior preservation."""
 
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
 from dreamstudy.cli import stage_args
 from dreamstudy.layout import CLASS_PRIORS
 from dreamstudy.sampling.priors import class_priors_from_params

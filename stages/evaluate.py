@@ -1,6 +1,10 @@
 """DVC stage `evaluate`: DINO, CLIP-I, CLIP-T, DIV, PRES and memorization of every image of a study's grid,
 with bootstrap intervals and tests against `none` -> its metrics folder."""
 
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
 from dreamstudy.cli import stage_args
 from dreamstudy.layout import CLASS_PRIORS, DATASET
 from dreamstudy.metrics.study import evaluate_study, grid_runs, write_metrics

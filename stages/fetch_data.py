@@ -1,5 +1,9 @@
 """DVC stage `fetch_data`: DreamBench (all 30 subjects), verified and normalised, into data/dreambench/."""
 
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
 from dreamstudy.cli import stage_args
 from dreamstudy.data.fetch import fetch_dreambench
 

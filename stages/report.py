@@ -1,5 +1,9 @@
 """DVC stage `report`: figures (PDF + PNG) and LaTeX tables into paper/, from results/ alone."""
 
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
 from dreamstudy.cli import stage_args
 from dreamstudy.report import load_results, write_report
 from dreamstudy.report.ablation import write_ablation_report

@@ -1,5 +1,9 @@
 """DVC stage `sample`: the DreamBench prompts of one subject from one fine-tuned model."""
 
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
 from dreamstudy.cli import stage_args
 from dreamstudy.data.fetch import load_dataset
 from dreamstudy.layout import DATASET

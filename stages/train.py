@@ -1,5 +1,9 @@
 """DVC stage `train`: fine-tune one method on one subject's (augmented) training set."""
 
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
 from dvclive import Live
 
 from dreamstudy.cli import stage_args

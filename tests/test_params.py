@@ -1,5 +1,6 @@
 """The params schema stops bad values before any model loads, naming the key and the valid values."""
 
+import ast
 import copy
 import subprocess
 import sys
@@ -105,3 +106,15 @@ def test_schema_names_match_the_registries():
 
     assert sorted(SCHEMA_STRATEGIES) == sorted(STRATEGIES)
     assert sorted(SCHEMA_METHODS) == sorted(METHODS)
+
+
+def test_stages_pause_the_collector_only_while_they_import():
+    """Every stage script turns the garbage collector off before its imports (a faster start-up, see
+    dreamstudy.cli.stage_args), and stage_args turns it back on."""
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        body = ast.parse(script.read_text()).body
+        assert [ast.unparse(node) for node in body[1:3]] == ["import gc", "gc.disable()"], script.name
+    probe = ("import gc; gc.disable(); from dreamstudy.cli import stage_args; "
+             "stage_args('probe', argv=[]); print(gc.isenabled())")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "True"

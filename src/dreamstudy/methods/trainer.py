@@ -15,11 +15,13 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from torchvision.transforms import v2
@@ -65,6 +67,12 @@ class Hardware:
     mixed_precision: str = "fp32"        # "fp32" | "fp16" | "bf16"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False          # only when bitsandbytes is importable
+
+    def __post_init__(self):
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            # accelerate would fail later, inside the loop, without naming the setting
+            raise ValueError("train.mixed_precision: fp16 needs a CUDA GPU and none is available; "
+                             "use bf16 (CPUs autocast to it) or fp32")
 
 
 @dataclass(frozen=True)
@@ -175,14 +183,25 @@ def step_noise(latents: torch.Tensor, scheduler, generator: torch.Generator) -> 
     return noise, timesteps
 
 
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    # accelerate keeps one state per process and refuses a second precision in it (a notebook or a test
+    # that trains twice), while ours is a per-run setting: that state is cleared first. The process's
+    # distributed set-up (PartialState) is kept.
+    AcceleratorState._reset_state()
+    precision = "no" if mixed_precision == "fp32" else mixed_precision
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, use_8bit_adam: bool) -> torch.optim.Optimizer:
-    if use_8bit_adam and torch.cuda.is_available():
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            pass
+    if use_8bit_adam:
+        if not torch.cuda.is_available():
+            reason = "no CUDA GPU"
+        elif find_spec("bitsandbytes") is None:
+            reason = "bitsandbytes is not installed"
         else:
+            import bitsandbytes as bnb
             return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=WEIGHT_DECAY)
+        print(f"train.use_8bit_adam: 8-bit Adam unavailable ({reason}); training with AdamW", file=sys.stderr)
     # fused: one kernel over all parameters instead of a Python loop over them (CPU and GPU)
     return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True)
 
@@ -191,8 +210,7 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
           resolution: int, seed: int, prior: Prior | None = None, hardware: Hardware = Hardware(),
           checkpointing: Checkpointing | None = None, log: Callable[[int, float], None] | None = None) -> None:
     """Train `method` on `examples`; `parts` (models.loading.Components) are changed in place."""
-    precision = "no" if hardware.mixed_precision == "fp32" else hardware.mixed_precision
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(hardware.mixed_precision)
     for model in (parts.unet, parts.vae, parts.text_encoder):
         model.requires_grad_(False)
         model.to(accelerator.device)
