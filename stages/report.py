@@ -14,7 +14,7 @@ def main(argv=None) -> None:
     layout = args.layout
     results = load_results(layout.results, memorization_threshold=p.eval.memorization_threshold)
     if args.study == "ablation":
-        written = write_ablation_report(results, layout.paper, seed=p.seed)
+        written = write_ablation_report(results, layout.paper)
     else:
         written = write_report(results, layout.paper)
     for path in written:

@@ -122,11 +122,12 @@ def test_sigkilled_training_resumes_to_the_same_weights(smoke):
 
 def test_changing_one_strength_reruns_only_its_column(smoke):
     repo, log = smoke
-    assert {"evaluate_ablation", "report_ablation"} <= stages_run(log)
-    assert (repo / "paper/ablation/ablation.tex").is_file()
+    assert {"evaluate_ablation", "report_ablation", "train_ablation_none@dog"} <= stages_run(log)
+    assert re.search(r"^none & -- & ", (repo / "paper/ablation/ablation.tex").read_text(), re.MULTILINE)
     ran = stages_run(run(["dvc", "exp", "run", "-S", "ablation.strengths=[0.5,0.75]"], repo))
     grid = {s for s in ran if s.startswith(("augment_ablation@", "train_ablation@", "sample_ablation@"))}
     assert grid == {f"{stage}_ablation@dog-{strategy}-0.75" for stage in ("augment", "train", "sample")
                     for strategy in ("classic", "scale")}
     assert {"evaluate_ablation", "report_ablation"} <= ran
     assert not ran & {"fetch_data", "class_priors", "evaluate", "report"}
+    assert not {s for s in ran if "_ablation_none@" in s}  # the baseline has no strength

@@ -118,3 +118,22 @@ def test_stages_pause_the_collector_only_while_they_import():
              "stage_args('probe', argv=[]); print(gc.isenabled())")
     run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "True"
+
+
+def test_the_ablation_baseline_is_not_a_graded_strategy(smoke):
+    with pytest.raises(ParamsError, match="ablation.strategies.*baseline"):
+        validate_params(with_change(smoke, "ablation.strategies", ["none", "classic"]))
+
+
+@pytest.mark.parametrize("cell, outcome", [
+    (["--strategy", "none"], "label none"),                              # the baseline: once, no strength
+    (["--strategy", "classic", "--strength", "0.5"], "label classic@0.5"),
+    (["--strategy", "none", "--strength", "0.5"], "error: --strength is for"),
+    (["--strategy", "classic"], "error: --strength None is not in"),
+])
+def test_ablation_cells(cell, outcome):
+    probe = ("import sys; from dreamstudy.cli import stage_args; "
+             "args, _ = stage_args('probe', ('subject', 'strategy'), sys.argv[1:]); print('label', args.label)")
+    run = subprocess.run([sys.executable, "-c", probe, "--params", "params.smoke.yaml", "--study", "ablation",
+                          "--subject", "dog", *cell], cwd=ROOT, capture_output=True, text=True)
+    assert outcome in run.stdout + run.stderr

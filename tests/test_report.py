@@ -16,7 +16,7 @@ from PIL import Image
 
 from dreamstudy.io import write_json, write_jsonl
 from dreamstudy.report import ResultsError, load_results, write_report
-from dreamstudy.report.ablation import write_ablation_report
+from dreamstudy.report.ablation import strength_figure, write_ablation_report
 from dreamstudy.report.figures import breakdown_figure, dino_vs_clip_t_figure, metrics_figure, samples_figure
 from dreamstudy.report.load import RANDOM_INIT_LABEL, STAT_METRICS, TINY_MODEL_LABEL
 from dreamstudy.report.overfitting import memorization_figure, overfitting_figure
@@ -436,13 +436,40 @@ def test_stage_writes_paper_from_results(random_init_results, tmp_path, monkeypa
     assert produced(tmp_path / "paper") == EXPECTED_FILES
 
 
-def test_ablation_report(tmp_path):
-    labels = ["classic@0.5", "classic@1.0", "scale@0.5", "scale@1.0"]
-    results = load(make_results(tmp_path / "results", strategies=labels))
-    written = write_ablation_report(results, tmp_path / "paper", seed=0)
+ABLATION_LABELS = ["none", "classic@0.5", "classic@1.0", "scale@0.5", "scale@1.0"]
+
+
+@pytest.fixture
+def ablation_results(tmp_path):
+    """An ablation's results/: synthetic DINO 0.3 + 0.05 x the label's position (none: 0.4), so that its mean
+    over subjects is none 0.535, classic@0.5 0.485 ... scale@1.0 0.635; only scale@1.0 differs from none
+    significantly (on DINO)."""
+    root = make_results(tmp_path / "results", strategies=ABLATION_LABELS)
+    pd.DataFrame([{"method": "lora", "strategy": label, "baseline": "none", "metric": metric, "mean_diff": 0.1,
+                   "p_value": 0.01 if (label, metric) == ("scale@1.0", "dino") else 0.5, "test": "wilcoxon",
+                   "n_subjects": 2, "significant": (label, metric) == ("scale@1.0", "dino")}
+                  for label in ABLATION_LABELS[1:] for metric in STAT_METRICS]).to_csv(
+        root / "metrics" / "tests.csv", index=False)
+    return load(root)
+
+
+def test_ablation_report(ablation_results, tmp_path):
+    written = write_ablation_report(ablation_results, tmp_path / "paper")
     assert {p.name for p in written} == {"ablation.tex", "plane.pdf", "plane.png", "strength.pdf", "strength.png"}
     tex = (tmp_path / "paper" / "ablation.tex").read_text()
-    # the synthetic DINO grows with the label's position: scale@1.0 is best; CLIP-T ties everywhere
-    best = r"^scale & 1 & \\textbf\{0\.585\} & \\textbf\{0\.785\} & \\textbf\{0\.300\}"
-    assert re.search(best, tex, re.MULTILINE), tex
-    assert re.search(r"^classic & 0\.5 & 0\.435 & 0\.635 & ", tex, re.MULTILINE), tex
+    cell = r"\$%s\^\{\+0\.020\}_\{-0\.010\}\$"  # stats.csv's mean and CI
+    assert re.search(r"^none & -- & " + cell % r"0\.535" + " & ", tex, re.MULTILINE), tex  # the baseline first
+    assert re.search(r"^classic & 0\.5 & " + cell % r"0\.485" + " & ", tex, re.MULTILINE), tex
+    assert re.search(r"^scale & 1 & " + cell % r"0\.635" + r"\* & ", tex, re.MULTILINE), tex  # against none
+    rows = [line for line in tex.splitlines() if line.startswith(("none &", "classic &", "scale &"))]
+    assert len(rows) == 5 and sum(row.count("*") for row in rows) == 1  # no other mark
+    assert all(label in tex for label in STAT_METRICS.values())
+
+
+def test_ablation_strength_figure_draws_stats_and_the_baseline(ablation_results):
+    figure = strength_figure(ablation_results)
+    dino = figure.axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in dino.get_lines()}
+    assert lines["none (original images)"] == pytest.approx([0.535, 0.535])
+    assert lines["classic"] == pytest.approx([0.485, 0.535]) and lines["scale"] == pytest.approx([0.585, 0.635])
+    assert [ax.get_title() for ax in figure.axes] == list(STAT_METRICS.values())

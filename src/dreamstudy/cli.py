@@ -9,14 +9,14 @@ import gc
 import sys
 from pathlib import Path
 
-from dreamstudy.layout import STUDIES, Layout, strategy_label
+from dreamstudy.layout import BASELINE, STUDIES, Layout, strategy_label
 from dreamstudy.params import Params, ParamsError, load_params
 
 # grid item -> the params list it must belong to, per study
 GRIDS = {
     "main": {"subject": lambda p: p.data.subjects, "strategy": lambda p: p.aug.strategies,
              "method": lambda p: p.train.methods},
-    "ablation": {"subject": lambda p: p.ablation.subjects, "strategy": lambda p: p.ablation.strategies,
+    "ablation": {"subject": lambda p: p.ablation.subjects, "strategy": lambda p: [BASELINE, *p.ablation.strategies],
                  "method": lambda p: [p.ablation.method], "strength": lambda p: p.ablation.strengths},
 }
 
@@ -26,9 +26,10 @@ def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
     """Parse the stage's arguments and params.yaml; exit with a message naming the bad key or item.
 
     `items` name the grid cell the stage works on (--subject ...); `paths` are folders with defaults.
-    With `--study ablation` the cell comes from the `ablation` section and takes a `--strength`; the
-    result carries `layout` (where to read and write), `strength` (the cell's aug.strength) and `label`
-    (the strategy's folder name, with its strength in the ablation).
+    With `--study ablation` the cell comes from the `ablation` section and takes a `--strength`, except
+    for its baseline (`none`, the original images, trained once per subject); the result carries `layout`
+    (where to read and write), `strength` (the cell's aug.strength) and `label` (the strategy's folder
+    name, with its strength in the ablation).
 
     Every stage script turns the garbage collector off before its imports: torch, diffusers and
     transformers allocate hundreds of thousands of objects while importing, and the collector's passes
@@ -52,8 +53,11 @@ def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
     atexit.register(gc.freeze)
     try:
         params = load_params(args.params)
-        cell = [*items, "strength"] if args.study == "ablation" and "strategy" in items else items
-        for item in cell:
+        graded = args.study == "ablation" and "strategy" in items and args.strategy != BASELINE
+        if not graded and args.strength is not None:
+            raise ParamsError(f"--strength is for the ablation's augmentation strategies only ({BASELINE!r}, "
+                              "the main study and whole-study stages take none)")
+        for item in [*items, "strength"] if graded else items:
             value, valid = getattr(args, item), GRIDS[args.study][item](params)
             if value not in valid:
                 raise ParamsError(f"--{item} {value!r} is not in the {args.study} grid of {args.params}; "
@@ -61,8 +65,8 @@ def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
     except ParamsError as err:
         sys.exit(f"error: {err}")
     args.layout = Layout(args.study)
-    ablation = args.study == "ablation"
-    args.strength = args.strength if ablation else params.aug.strength
     if "strategy" in items:
-        args.label = strategy_label(args.strategy, args.strength if ablation else None)
+        args.label = strategy_label(args.strategy, args.strength)
+    if args.strength is None:
+        args.strength = params.aug.strength
     return args, params

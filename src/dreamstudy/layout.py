@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STUDIES = ("main", "ablation")
+BASELINE = "none"  # the original images: what every strategy is compared with, in both studies
 
 
 def strategy_label(strategy: str, strength: float | None) -> str:
-    """The folder name of a strategy: itself in the main study, with its strength in the ablation."""
-    return strategy if strength is None else f"{strategy}@{float(strength)}"  # as DVC writes ${item.strength}
+    """The folder name of a strategy: itself in the main study, with its strength in the ablation (where
+    the baseline, which has no strength, is itself too)."""
+    if strength is None or strategy == BASELINE:
+        return strategy
+    return f"{strategy}@{float(strength)}"  # as DVC writes ${item.strength}
 
 
 def parse_strategy_label(label: str) -> tuple[str, float | None]:

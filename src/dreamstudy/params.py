@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dreamstudy.data.dreambench import SUBJECTS
+from dreamstudy.layout import BASELINE
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -161,13 +162,23 @@ class SampleParams(Section):
 class AblationParams(Section):
     method: Literal[METHODS] = Field(description="the method whose training data the ablation varies")
     subjects: list[str] = Field(description="DreamBench subjects of the ablation")
-    strategies: list[Literal[STRATEGIES]] = Field(description="strategies compared (rows of its table)")
+    strategies: list[Literal[STRATEGIES]] = Field(
+        description="strategies compared at each strength; `none` (the original images) is always run, once "
+                    "per subject, as the baseline they are tested against")
     strengths: list[Annotated[float, Field(ge=0, le=1)]] = Field(description="aug.strength values compared")
 
     @field_validator("subjects")
     @classmethod
     def _known_subjects(cls, subjects: list[str]) -> list[str]:
         return _known_subjects(subjects)
+
+    @field_validator("strategies")
+    @classmethod
+    def _baseline_runs_once(cls, strategies: list[str]) -> list[str]:
+        if BASELINE in strategies:
+            raise ValueError(f"{BASELINE!r} is the ablation's baseline, run once per subject whatever the "
+                             "strengths: leave it out of this list")
+        return strategies
 
     @field_validator("strategies", "strengths")
     @classmethod

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dreamstudy.layout import BASELINE
 from dreamstudy.seeding import derive_seed
 
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
 ALPHA = 0.05
-BASELINE = "none"
 PROMPT_METRICS = ("dino", "clip_i", "clip_t", "div", "memorized")  # vary by prompt
 SUBJECT_METRICS = ("pres",)  # one value per subject
 STATS_COLUMNS = ("method", "strategy", "metric", "mean", "ci_low", "ci_high", "n_subjects")

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from dreamstudy.io import atomic_dir, read_jsonl, write_json
-from dreamstudy.layout import CLASS_PRIORS, strategy_label
+from dreamstudy.layout import BASELINE, CLASS_PRIORS, strategy_label
 from dreamstudy.metrics.cache import EmbeddingCache, default_cache_root
 from dreamstudy.metrics.encoders import Encoders, load_encoders
 from dreamstudy.metrics.evaluate import (DEFAULT_THRESHOLD, SAMPLE_KEYS, aggregate, breakdown, check_references,
@@ -115,10 +115,11 @@ def _pres_image(pres_jsonl: Path, line: int, name: str) -> Path:
 
 
 def grid_runs(params, study: str) -> list[Run]:
-    """The (method, strategy folder, subject) runs of the main study or of the ablation grid."""
+    """The (method, strategy folder, subject) runs of the main study or of the ablation grid (its baseline,
+    `none` once per subject, and every strategy at every strength)."""
     if study == "ablation":
         a = params.ablation
-        labels = [strategy_label(s, x) for s, x in itertools.product(a.strategies, a.strengths)]
+        labels = [BASELINE, *(strategy_label(s, x) for s, x in itertools.product(a.strategies, a.strengths))]
         return list(itertools.product([a.method], labels, a.subjects))
     return list(itertools.product(params.train.methods, params.aug.strategies, params.data.subjects))
 

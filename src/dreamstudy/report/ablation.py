@@ -1,73 +1,105 @@
-"""The ablation's report: each metric against strength per strategy, the DINO-CLIP-T plane with one point
-per (strategy, strength), and a table of every (strategy, strength) with the best of each column in bold."""
+"""The ablation's report: every (strategy, strength) of one method against its baseline, `none` (the original
+images), on the DreamBench scores and the overfitting measures.
+
+- strength.{pdf,png}: each metric against strength, a line per strategy with its 95% CI band, `none` as a
+  dashed line with its band;
+- plane.{pdf,png}: DINO against CLIP-T, a point per (strategy, strength), `none` as a star;
+- ablation.tex: every metric's mean and 95% CI per row, * where it differs significantly from `none`.
+
+Means, intervals and tests are stats.csv's and tests.csv's, as in the main report.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from dreamstudy.io import atomic_dir
-from dreamstudy.layout import parse_strategy_label
+from dreamstudy.layout import BASELINE, parse_strategy_label
 from dreamstudy.report.figures import plt, save, sns
-from dreamstudy.report.load import METRICS, Results
-from dreamstudy.report.tables import to_latex
+from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex
+from dreamstudy.report.load import STAT_METRICS, Results
+from dreamstudy.report.tables import CI_NOTE, definitions_note, run_rows, significance_note
+
+BASELINE_LABEL = f"{BASELINE} (original images)"
 
 
-def with_strength(scores: pd.DataFrame) -> pd.DataFrame:
-    """Split the ablation's strategy labels ("classic@0.5") into strategy and strength columns."""
-    parsed = scores["strategy"].map(parse_strategy_label)
-    return scores.assign(strategy=parsed.str[0], strength=parsed.str[1])
+def graded_stats(results: Results) -> pd.DataFrame:
+    """stats.csv with each strategy label ("classic@0.5") split into strategy and strength (NaN: `none`)."""
+    parsed = results.stats["strategy"].map(parse_strategy_label)
+    return results.stats.assign(strategy=parsed.str[0], strength=parsed.str[1].astype(float))
 
 
-def strength_figure(results: Results, *, seed: int) -> Figure:
-    """One panel per metric: mean over subjects against strength, a line per strategy, 95% CI band."""
-    scores = with_strength(results.per_subject).melt(
-        id_vars=["strategy", "strength", "subject"], value_vars=list(METRICS), var_name="metric",
-        value_name="score")
-    scores["metric"] = scores["metric"].map(METRICS)
+def augmentation_strategies(stats: pd.DataFrame) -> list[str]:
+    return [strategy for strategy in dict.fromkeys(stats["strategy"]) if strategy != BASELINE]
+
+
+def strength_figure(results: Results) -> Figure:
+    """One panel per metric: mean against strength per strategy, 95% CI band; `none` dashed across."""
+    stats = graded_stats(results)
+    strategies = augmentation_strategies(stats)
+    colors = dict(zip(strategies, sns.color_palette(n_colors=len(strategies))))
     with sns.axes_style("whitegrid"):
-        grid = sns.relplot(data=scores, kind="line", x="strength", y="score", hue="strategy", col="metric",
-                           col_order=list(METRICS.values()), errorbar=("ci", 95), seed=seed, marker="o",
-                           facet_kws={"sharey": False}, height=3, aspect=0.9)
-    grid.set_titles("{col_name}")
-    grid.figure.suptitle(results.caption("Ablation: scores against augmentation strength (mean over subjects, "
-                                         "95% CI over subjects)", sep="\n"), y=1.0, va="bottom")
-    return grid.figure
-
-
-def plane_figure(results: Results) -> Figure:
-    """DINO against CLIP-T, one point per (strategy, strength), sized by strength."""
-    means = ablation_table(results)
-    with sns.axes_style("whitegrid"):
-        figure, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
-        sns.scatterplot(data=means, x="clip_t", y="dino", hue="strategy", size="strength", sizes=(30, 200),
-                        edgecolor="black", ax=ax)
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1))
-    ax.set(xlabel="CLIP-T (prompt fidelity)", ylabel="DINO (subject fidelity)")
-    figure.suptitle(results.caption("Ablation: DINO against CLIP-T per strategy and strength", sep="\n"))
+        figure, axes = plt.subplots(1, len(STAT_METRICS), figsize=(2.4 * len(STAT_METRICS), 2.8),
+                                    layout="constrained", squeeze=False)
+    for ax, (metric, label) in zip(axes[0], STAT_METRICS.items()):
+        rows = stats[stats["metric"] == metric]
+        for _, base in rows[rows["strategy"] == BASELINE].iterrows():
+            ax.axhline(base["mean"], color="black", linestyle="--", linewidth=1, label=BASELINE_LABEL)
+            if not (math.isnan(base["ci_low"]) or math.isnan(base["ci_high"])):
+                ax.axhspan(base["ci_low"], base["ci_high"], color="black", alpha=0.08, linewidth=0)
+        for strategy in strategies:
+            line = rows[rows["strategy"] == strategy].sort_values("strength")
+            ax.plot(line["strength"], line["mean"], marker="o", color=colors[strategy], label=strategy)
+            ax.fill_between(line["strength"], line["ci_low"], line["ci_high"], color=colors[strategy], alpha=0.15,
+                            linewidth=0)
+        ax.set(title=label, xlabel="strength", xticks=sorted(stats["strength"].dropna().unique()))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper")
+    figure.suptitle(results.caption(f"Ablation ({results.methods[0]}): scores against augmentation strength "
+                                    "(mean over subjects, 95% CI)", sep="\n"))
     return figure
 
 
-def ablation_table(results: Results) -> pd.DataFrame:
-    """Mean over all generated images of each (strategy, strength), as the DreamBench protocol averages."""
-    scores = with_strength(results.per_image)
-    return (scores.groupby(["strategy", "strength"], sort=True)[list(METRICS)].mean().reset_index())
+def plane_figure(results: Results) -> Figure:
+    """DINO against CLIP-T, one point per (strategy, strength), sized by strength; `none` a black star."""
+    stats = graded_stats(results)
+    means = (stats[stats["metric"].isin(["dino", "clip_t"])]
+             .pivot_table(index=["strategy", "strength"], columns="metric", values="mean", dropna=False)
+             .reset_index())
+    graded = means[means["strategy"] != BASELINE]
+    with sns.axes_style("whitegrid"):
+        figure, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
+        sns.scatterplot(data=graded, x="clip_t", y="dino", hue="strategy", size="strength", sizes=(30, 200),
+                        edgecolor="black", ax=ax)
+    base = means[means["strategy"] == BASELINE]
+    ax.scatter(base["clip_t"], base["dino"], marker="*", s=250, color="black", label=BASELINE_LABEL)
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set(xlabel="CLIP-T (prompt fidelity)", ylabel="DINO (subject fidelity)")
+    figure.suptitle(results.caption(f"Ablation ({results.methods[0]}): DINO against CLIP-T per strategy and "
+                                    "strength", sep="\n"))
+    return figure
 
 
 def table_latex(results: Results) -> str:
-    table = ablation_table(results).rename(columns=METRICS | {"strategy": "Strategy", "strength": "Strength"})
-    table["Strength"] = table["Strength"].map("{:g}".format)
-    caption = results.caption(f"Ablation of augmentation strategies and strengths ({results.methods[0]}; mean "
-                              "over all generated images; best of each column in bold).")
-    return to_latex(table, caption, "tab:ablation", bold_max=tuple(METRICS.values()))
+    """A row per (strategy, strength), `none` first: every metric's mean and CI, * against `none`."""
+    rows = []
+    for (_, label), cells in zip(results.runs, run_rows(results, list(STAT_METRICS))):
+        strategy, strength = parse_strategy_label(label)
+        rows.append([escape_latex(strategy), MISSING if strength is None else f"{strength:g}", *cells[2:]])
+    caption = " ".join([f"Ablation of augmentation strategies and strengths ({results.methods[0]}).", CI_NOTE,
+                        significance_note(results), definitions_note(results)])
+    return booktabs(["Strategy", "Strength", *STAT_METRICS.values()], "ll" + "r" * len(STAT_METRICS),
+                    [Block(rows)], results.caption(caption), "tab:ablation")
 
 
-def write_ablation_report(results: Results, out_dir: str | Path, *, seed: int) -> list[Path]:
+def write_ablation_report(results: Results, out_dir: str | Path) -> list[Path]:
     """paper/ablation/: strength.{pdf,png}, plane.{pdf,png}, ablation.tex, written whole."""
     with atomic_dir(out_dir) as tmp:
-        for name, figure in (("strength", strength_figure(results, seed=seed)), ("plane", plane_figure(results))):
+        for name, figure in (("strength", strength_figure(results)), ("plane", plane_figure(results))):
             save(figure, tmp, name)
             plt.close(figure)
         (tmp / "ablation.tex").write_text(table_latex(results))

@@ -55,14 +55,11 @@ def booktabs(header: list[str], align: str, blocks: list[Block], caption: str, l
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame, caption: str, label: str, bold_max: tuple[str, ...] = ()) -> str:
-    """A booktabs table: text left-aligned, numbers right-aligned with 3 decimals, LaTeX specials escaped;
-    the largest value of each `bold_max` column in bold."""
+def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table: text left-aligned, numbers right-aligned with 3 decimals, LaTeX specials escaped."""
     alignment = "".join("r" if pd.api.types.is_numeric_dtype(dtype) else "l" for dtype in table.dtypes)
     styler = (table.style.hide(axis="index")
               .format(precision=DIGITS, escape="latex", na_rep=MISSING)
               .format_index(escape="latex", axis="columns"))
-    if bold_max:
-        styler = styler.highlight_max(subset=list(bold_max), props="textbf:--rwrap;")
     return styler.to_latex(column_format=alignment, hrules=True, multicol_align="c", position_float="centering",
                            caption=escape_latex(caption), label=label)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from dreamstudy.data.dreambench import PROMPT_KINDS
 from dreamstudy.io import read_jsonl
+from dreamstudy.layout import BASELINE
 
 METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # column -> label in figures and tables
 # The metrics with a bootstrap CI in stats.csv (and a test in tests.csv), in table order.
@@ -27,7 +28,6 @@ NULLABLE = ("div", "pres", "pres_base")
 # breakdown.csv's groups in DreamBench's order; `live` groups may be written as booleans
 GROUP_ORDER = [*(("prompt_kind", kind) for kind, _ in PROMPT_KINDS["live"]), ("live", "live"), ("live", "object")]
 LIVE_GROUPS = {"true": "live", "1": "live", "false": "object", "0": "object"}
-BASELINE = "none"
 RANDOM_INIT_LABEL = "Random-init encoders: numbers are not comparable to published ones."
 TINY_MODEL_LABEL = "Images from the built-in tiny random-init model, not Stable Diffusion."
 

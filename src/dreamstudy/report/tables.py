@@ -13,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number, to_latex
-from dreamstudy.report.load import BASELINE, LABELS, METRICS, RUN_KEYS, SUBJECT_KEYS, Results
+from dreamstudy.layout import BASELINE
+from dreamstudy.report.load import LABELS, METRICS, RUN_KEYS, SUBJECT_KEYS, Results
 from dreamstudy.report.published import load_published, published_rows, sources_note
 
-__all__ = ["escape_latex", "to_latex", "write_tables"]  # to_latex: also the ablation's table
+__all__ = ["write_tables"]  # also read by the ablation's report: run_rows and the caption notes
 
 BY_LABELS = {"prompt_kind": "prompt kind", "live": "subject"}
 CI_NOTE = ("Our runs: mean with its 95% CI as offsets (hierarchical bootstrap over subjects and, within each, "
@@ -122,7 +123,8 @@ def significance_note(results: Results) -> str:
     if results.tests.empty:
         return f"No significance tests (the grid has no '{BASELINE}' baseline)."
     return (f"*: p < 0.05 against '{BASELINE}' of the same method, Wilcoxon signed-rank test on per-subject "
-            "paired differences (no mark where it cannot run: fewer than 2 subjects or no differences).")
+            "paired differences (no mark where it cannot run: fewer than 2 subjects or no differences), not "
+            "corrected for the number of comparisons.")
 
 
 def protocol_note(results: Results) -> str:
