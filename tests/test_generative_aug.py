@@ -14,8 +14,8 @@ from PIL import Image
 from tests.helpers import noise_image
 from dreamstudy.augment import Context, augment_subject, get_strategy, read_training_set
 from dreamstudy.augment.controlnet import canny_edges, generated_count
-from dreamstudy.augment.generative import base_pipeline
-from dreamstudy.augment.img2img import context_prompts, draw_prompts, img2img_steps
+from dreamstudy.augment.generative import base_pipeline, context_prompts, draw_prompts
+from dreamstudy.augment.img2img import img2img_steps
 from dreamstudy.io import read_jsonl
 from dreamstudy.models.loading import ModelLoadError, cache_dir, tiny_folder
 from dreamstudy.models.tiny_controlnet import build_tiny_controlnet, load_controlnet, tiny_controlnet_folder

@@ -27,8 +27,7 @@ import numpy as np
 from diffusers import StableDiffusionControlNetPipeline
 from PIL import Image
 
-from dreamstudy.augment.generative import base_pipeline
-from dreamstudy.augment.img2img import GUIDANCE_SCALE, draw_prompts, fit, generators, steps
+from dreamstudy.augment.generative import GUIDANCE_SCALE, base_pipeline, draw_prompts, fit, generators, steps
 from dreamstudy.augment.registry import Augmented, Context, register
 from dreamstudy.models.loading import TINY
 from dreamstudy.models.tiny_controlnet import load_controlnet

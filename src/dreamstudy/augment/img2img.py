@@ -7,55 +7,18 @@ without calling the model: diffusers 0.42 accepts it but runs zero denoising ste
 round-trips the image through the VAE, which is lossy, not the identity.
 
 No caption tags: the subject stays the subject (SDEdit keeps the original's layout and colours);
-augmentations are at `ctx.resolution`. Helpers shared with `controlnet` live here.
+augmentations are at `ctx.resolution`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from importlib.resources import files
 
-import numpy as np
 from diffusers import StableDiffusionImg2ImgPipeline
-from PIL import Image, ImageOps
 
-from dreamstudy.augment.generative import base_pipeline, generator
+from dreamstudy.augment.generative import GUIDANCE_SCALE, base_pipeline, draw_prompts, fit, generators, steps
 from dreamstudy.augment.registry import Augmented, Context, register
-from dreamstudy.models.loading import TINY
-from dreamstudy.seeding import derive_seed
-
-STEPS = 20          # denoising schedule at paper scale; img2img runs about strength x STEPS of it
-TINY_STEPS = 4      # the random-init tiny model learns nothing from more steps
-GUIDANCE_SCALE = 7.5
-
-
-def context_prompts() -> list[str]:
-    """The committed context prompts, each with a {class} slot."""
-    text = files("dreamstudy.augment").joinpath("prompts/contexts.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def draw_prompts(ctx: Context, strategy: str, index: int) -> list[str]:
-    """`ctx.num_per_image` context prompts for original `index`, distinct while the list lasts."""
-    contexts = context_prompts()
-    rng = np.random.default_rng(derive_seed(ctx.seed, strategy, "contexts", index))
-    picks = rng.choice(len(contexts), size=ctx.num_per_image, replace=ctx.num_per_image > len(contexts))
-    return [contexts[i].format(**{"class": ctx.class_name}) for i in picks]
-
-
-def generators(ctx: Context, strategy: str, index: int) -> list:
-    """One generator per augmentation of original `index`: its pixels depend on nothing else."""
-    return [generator(derive_seed(ctx.seed, strategy, index, k)) for k in range(ctx.num_per_image)]
-
-
-def steps(pretrained: str) -> int:
-    return TINY_STEPS if pretrained == TINY else STEPS
-
-
-def fit(image: Image.Image, resolution: int) -> Image.Image:
-    """Resize and centre-crop to the generation resolution, as the trainer does."""
-    return ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
 
 
 def img2img_steps(strength: float, schedule: int, train_steps: int) -> int:
