@@ -42,6 +42,8 @@ def test_bootstrap_known_answers():
     mean, _, _ = hierarchical_bootstrap([[0.0, 0.0, 0.0, np.nan], [1.0], []], rng)
     assert mean == pytest.approx(0.5)
     assert all(math.isnan(v) for v in hierarchical_bootstrap([[np.nan], []], rng))
+    mean, low, high = hierarchical_bootstrap([[0.7], [np.nan]], rng)  # one value: no interval
+    assert mean == pytest.approx(0.7) and math.isnan(low) and math.isnan(high)
     # resampling prompts matters even with one subject
     _, low, high = hierarchical_bootstrap([[0.0, 1.0] * 10], rng)
     assert low < 0.5 < high

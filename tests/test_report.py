@@ -414,7 +414,8 @@ def set_cell(name: str, column: str, value, row: int = 0):
     (lambda r: edit_csv(metrics(r, "per_subject.csv"), lambda t: t.drop(columns="pres_base")), "per_subject.csv"),
     (set_cell("per_subject.csv", "dino", np.nan), "per_subject.csv"),   # only div and pres may be NaN
     (set_cell("per_subject.csv", "div", "abc"), "per_subject.csv"),     # NaN may be empty, not text
-    (set_cell("stats.csv", "ci_low", np.nan), "stats.csv"),             # row 0 is dino's
+    (set_cell("stats.csv", "mean", np.nan), "stats.csv"),               # row 0 is dino's
+    (set_cell("stats.csv", "ci_low", "abc"), "stats.csv"),
     (lambda r: edit_csv(metrics(r, "stats.csv"), lambda t: t[t["metric"] != "pres"]), "stats.csv"),
     (lambda r: edit_csv(metrics(r, "real_images.csv"), lambda t: t.iloc[:1]), "real_images.csv"),
     (set_cell("per_image.csv", "memorized", True), "eval.memorization_threshold"),  # scored under another one
@@ -473,3 +474,13 @@ def test_ablation_strength_figure_draws_stats_and_the_baseline(ablation_results)
     assert lines["none (original images)"] == pytest.approx([0.535, 0.535])
     assert lines["classic"] == pytest.approx([0.485, 0.535]) and lines["scale"] == pytest.approx([0.585, 0.635])
     assert [ax.get_title() for ax in figure.axes] == list(STAT_METRICS.values())
+
+
+def test_a_single_value_has_no_interval(tmp_path):
+    """stats.csv leaves the CI empty where there was nothing to resample (one subject's PRES): the table
+    shows the mean alone, not an interval of width 0."""
+    root = make_results(tmp_path / "results")
+    edit_csv(metrics(root, "stats.csv"), lambda t: t.assign(
+        ci_low=t["ci_low"].mask(t["metric"] == "dino"), ci_high=t["ci_high"].mask(t["metric"] == "dino")))
+    tex = main_table(load(root))
+    assert re.search(r"^lora & none & 0\.535 & \$0\.735\^", tex, re.MULTILINE), tex

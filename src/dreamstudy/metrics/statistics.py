@@ -32,17 +32,20 @@ def hierarchical_bootstrap(groups: Sequence[Sequence[float]], rng: np.random.Gen
                            n_boot: int = N_BOOTSTRAP, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """(mean, low, high): the mean over groups of each group's mean, and its percentile interval from
     resampling groups and, within each drawn group, its values. NaN values are left out; groups without
-    values are dropped; (nan, nan, nan) when none is left."""
+    values are dropped; (nan, nan, nan) when none is left, and a NaN interval around a single value (one
+    subject of a subject-level metric: nothing to resample, not an interval of width 0)."""
     groups = [np.asarray(g, dtype=float) for g in groups]
     groups = [g[~np.isnan(g)] for g in groups]
     groups = [g for g in groups if g.size]
     if not groups:
         return math.nan, math.nan, math.nan
     sizes = np.array([g.size for g in groups])
+    estimate = float(np.mean([g.mean() for g in groups]))
+    if sizes.sum() == 1:
+        return estimate, math.nan, math.nan
     padded = np.full((len(groups), sizes.max()), np.nan)
     for row, values in enumerate(groups):
         padded[row, :values.size] = values
-    estimate = float(np.mean([g.mean() for g in groups]))
 
     # All replicates at once: [B, S] drawn groups, [B, S, Pmax] drawn positions within each, of which the
     # first `size` count (a group of P values is resampled P times).

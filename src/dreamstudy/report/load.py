@@ -145,7 +145,8 @@ def _read_per_image(path: Path, threshold: float) -> pd.DataFrame:
 
 def _read_stats(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
     table = _read_csv(path, [*RUN_KEYS, "metric", "mean", "ci_low", "ci_high", "n_subjects"])
-    _to_numbers(table, path, ["mean", "ci_low", "ci_high"], nan_ok=table["metric"].isin(NULLABLE))
+    _to_numbers(table, path, ["mean"], nan_ok=table["metric"].isin(NULLABLE))
+    _to_numbers(table, path, ["ci_low", "ci_high"], nan_ok=True)  # no interval around a single value
     _no_repeats(table, path, [*RUN_KEYS, "metric"])
     expected = runs.merge(pd.DataFrame({"metric": list(STAT_METRICS)}), how="cross")
     absent = expected.merge(table[[*RUN_KEYS, "metric"]], how="left", indicator=True).query("_merge == 'left_only'")
