@@ -33,14 +33,10 @@ def graded_stats(results: Results) -> pd.DataFrame:
     return results.stats.assign(strategy=parsed.str[0], strength=parsed.str[1].astype(float))
 
 
-def augmentation_strategies(stats: pd.DataFrame) -> list[str]:
-    return [strategy for strategy in dict.fromkeys(stats["strategy"]) if strategy != BASELINE]
-
-
 def strength_figure(results: Results) -> Figure:
     """One panel per metric: mean against strength per strategy, 95% CI band; `none` dashed across."""
     stats = graded_stats(results)
-    strategies = augmentation_strategies(stats)
+    strategies = [strategy for strategy in dict.fromkeys(stats["strategy"]) if strategy != BASELINE]
     colors = dict(zip(strategies, sns.color_palette(n_colors=len(strategies))))
     with sns.axes_style("whitegrid"):
         figure, axes = plt.subplots(1, len(STAT_METRICS), figsize=(2.4 * len(STAT_METRICS), 2.8),
