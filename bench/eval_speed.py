@@ -1,20 +1,23 @@
-"""Speed of the `evaluate` stage, and the time it projects for the paper protocol.
+"""Speed of the `evaluate` stages (one per run) and of the `gather` stage, and the time they project for
+the paper protocol.
 
     python bench/eval_speed.py [--subjects 2] [--prompts 2] [--resolution 512] [--batch-size 32]
 
 Builds a synthetic study (noise images at --resolution, 4 real photos and 4 PRES images per subject, the
-base model's class images, one method x strategies none and classic) and runs `evaluate_study` on it
-with random-init encoders (the real architectures: the same compute as the pretrained ones) twice: with
-an empty embedding cache (cold) and again (warm: every reference embedding read from the cache, as in
-every run after the first). Throughput = (samples + PRES images) / seconds, encoders loaded beforehand.
-Also times each model alone per image. Projects the paper protocol from the warm throughput: per method
-and strategy, 30 subjects x 25 prompts x 4 images = 3000 samples and 30 x 4 PRES images. Prints a table
-and writes everything, with machine info, to results/bench/eval_speed.json.
+base model's class images, one method x strategies none and classic) and evaluates each of its runs
+(`evaluate_run`) with random-init encoders (the real architectures: the same compute as the pretrained
+ones) twice: with an empty embedding cache (cold) and again (warm: every reference embedding read from the
+cache, as in every run after the first). Throughput = (samples + PRES images) / seconds, encoders loaded
+beforehand (once per stage process in the DAG: see load_encoders). Then times the gather of the score
+folders. Also times each model alone per image. Projects the paper protocol from the warm throughput: per
+method and strategy, 30 subjects x 25 prompts x 4 images = 3000 samples and 30 x 4 PRES images. Prints a
+table and writes everything, with machine info, to results/bench/eval_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -30,14 +33,18 @@ from PIL import Image
 
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import write_jsonl
-from dreamstudy.layout import class_folder
+from dreamstudy.layout import Layout
 from dreamstudy.metrics.diversity import pairwise_lpips, to_lpips_input
 from dreamstudy.metrics.encoders import load_encoders
-from dreamstudy.metrics.study import evaluate_study
-from dreamstudy.sampling.priors import class_images
+from dreamstudy.metrics.run import evaluate_run
+from dreamstudy.metrics.scores import write_scores
+from dreamstudy.metrics.study import gather, read_study_scores
+from dreamstudy.params import EvalParams
+from dreamstudy.sampling.protocol import class_images
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD, STRATEGIES = "lora", ("none", "classic")
+LAYOUT = Layout()  # relative paths, under the synthetic study's root (the working directory while timed)
 REAL_PER_SUBJECT, PRES_PER_RUN, IMAGES_PER_PROMPT = 4, 4, 4
 PAPER = {"subjects": 30, "prompts": 25, "images_per_prompt": 4, "pres_images": 4, "real_images": 158}
 VERSIONS = ("torch", "open_clip_torch", "timm", "lpips", "pandas", "scipy")
@@ -48,7 +55,7 @@ def noise(rng: np.random.Generator, size: int) -> Image.Image:
 
 
 def build_study(root: Path, subjects: list[str], prompts: int, resolution: int, seed: int = 0) -> list[tuple]:
-    """The files evaluate reads, laid out as the DAG leaves them; returns the runs."""
+    """The files the evaluate stage reads, laid out under `root` as the DAG leaves them; returns the runs."""
     rng = np.random.default_rng(seed)
     dataset = root / "data" / "dreambench"
     manifest = []
@@ -63,7 +70,7 @@ def build_study(root: Path, subjects: list[str], prompts: int, resolution: int, 
     (dataset / "manifest.json").write_text(json.dumps({"subjects": manifest}))
     runs = list(itertools.product([METHOD], STRATEGIES, subjects))
     for _, strategy, subject in runs:
-        folder = root / "samples" / METHOD / strategy / subject
+        folder = root / LAYOUT.samples(METHOD, strategy, subject)
         (folder / "pres").mkdir(parents=True)
         rows = []
         for p, k in itertools.product(range(prompts), range(IMAGES_PER_PROMPT)):
@@ -76,7 +83,7 @@ def build_study(root: Path, subjects: list[str], prompts: int, resolution: int, 
         specs = class_images(SUBJECTS[subject], PRES_PER_RUN, seed)
         for spec in specs:
             noise(rng, resolution).save(folder / "pres" / spec.file)
-            base = class_folder(root / "class_priors", SUBJECTS[subject]) / spec.file
+            base = root / LAYOUT.class_priors(subject) / spec.file
             base.parent.mkdir(parents=True, exist_ok=True)
             if not base.exists():
                 noise(rng, resolution).save(base)
@@ -116,11 +123,25 @@ def _sync(device: str) -> None:
 
 
 def timed_evaluation(root: Path, runs: list, encoders, batch_size: int, cache: Path) -> tuple[float, int]:
+    """Seconds to evaluate every run and write its score folder; the number of samples scored."""
+    start, samples = time.perf_counter(), 0
+    for run in runs:
+        scores = evaluate_run(root / "data" / "dreambench", root / LAYOUT.samples(*run),
+                              root / LAYOUT.class_priors(run[2]), run, pretrained=False, batch_size=batch_size,
+                              seed=0, cache_root=cache, encoders=encoders)
+        write_scores(root / LAYOUT.scores(*run), scores)
+        samples += len(scores.per_image)
+    return time.perf_counter() - start, samples
+
+
+def timed_gather(root: Path, runs: list) -> float:
+    """Seconds to read the score folders and compute the study's tables, at params.yaml's eval defaults."""
+    settings = EvalParams()
     start = time.perf_counter()
-    metrics = evaluate_study(root / "data" / "dreambench", root / "samples", runs, pretrained=False,
-                             batch_size=batch_size, seed=0, class_priors_dir=root / "class_priors",
-                             cache_root=cache, encoders=encoders)
-    return time.perf_counter() - start, len(metrics.per_image)
+    with contextlib.chdir(root):  # layout paths are relative: the stages run in the repository
+        gather(read_study_scores(LAYOUT, runs), seed=0, memorization_threshold=settings.memorization_threshold,
+               bootstrap_samples=settings.bootstrap_samples, confidence=settings.confidence, alpha=settings.alpha)
+    return time.perf_counter() - start
 
 
 def project(throughput: float, reference_seconds: float, methods: int, strategies: int) -> dict:
@@ -159,6 +180,7 @@ def main(argv=None) -> None:
         load_seconds = time.perf_counter() - start
         cold, images = timed_evaluation(root, runs, encoders, args.batch_size, root / "cache")
         warm, _ = timed_evaluation(root, runs, encoders, args.batch_size, root / "cache")
+        gather_seconds = timed_gather(root, runs)
         models = per_image_seconds(encoders, args.resolution, args.batch_size)
 
     processed = images + len(runs) * PRES_PER_RUN
@@ -169,7 +191,8 @@ def main(argv=None) -> None:
         "setup": {"runs": len(runs), "subjects": len(subjects), "prompts": args.prompts,
                   "samples": images, "pres_images": len(runs) * PRES_PER_RUN, "real_images": references,
                   "resolution": args.resolution, "batch_size": args.batch_size, "encoders": "random init"},
-        "seconds": {"load_encoders": load_seconds, "evaluate_cold_cache": cold, "evaluate_warm_cache": warm},
+        "seconds": {"load_encoders": load_seconds, "evaluate_cold_cache": cold, "evaluate_warm_cache": warm,
+                    "gather": gather_seconds},
         "images_per_second": {"cold_cache": processed / cold, "warm_cache": throughput},
         "seconds_per_image_by_model": models,
         "seconds_per_reference_image": reference_seconds,
@@ -179,11 +202,12 @@ def main(argv=None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"evaluate on {images} samples + {len(runs) * PRES_PER_RUN} PRES images, {args.resolution} px, "
-          f"{device} ({torch.get_num_threads()} threads)")
+    print(f"evaluate {len(runs)} runs: {images} samples + {len(runs) * PRES_PER_RUN} PRES images, "
+          f"{args.resolution} px, {device} ({torch.get_num_threads()} threads)")
     print(f"  load encoders   {load_seconds:7.1f} s")
     print(f"  cold cache      {cold:7.1f} s  {processed / cold:6.2f} img/s")
     print(f"  warm cache      {warm:7.1f} s  {throughput:6.2f} img/s")
+    print(f"  gather          {gather_seconds:7.1f} s  ({len(runs)} score folders)")
     print("  per image: " + ", ".join(f"{name} {1000 * s:.0f} ms" for name, s in models.items()))
     projection = report["paper_projection"]
     print(f"paper protocol: {projection['images_per_method_strategy']} images per method and strategy "

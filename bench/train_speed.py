@@ -35,10 +35,10 @@ from pathlib import Path
 import yaml
 
 from dreamstudy.data.fetch import fetch_dreambench
-from dreamstudy.layout import CLASS_PRIORS, DATASET, Layout
-from dreamstudy.methods import METHODS
+from dreamstudy.layout import DATASET, Layout
 from dreamstudy.models.loading import cache_dir, resolve_pretrained
-from dreamstudy.trainset import read_training_set
+from dreamstudy.params import METHODS
+from dreamstudy.trainset import read_training_set, write_prior_set
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -99,7 +99,7 @@ def machine_info(threads: int) -> dict:
 
 def prepare(root: Path, subject: str, methods: list[str], resolution: int, steps: int) -> tuple[Path, Path, str]:
     """A DVC working folder as the DAG leaves it before `train` (data/dreambench, data/augmented/none/<subject>,
-    data/class_priors, params.yaml), and a folder of the same images for the reference scripts.
+    data/prior_sets, params.yaml), and a folder of the same images for the reference scripts.
 
     Returns (working folder, reference image folder, instance caption)."""
     work = root / "work"
@@ -117,7 +117,8 @@ def prepare(root: Path, subject: str, methods: list[str], resolution: int, steps
     fetch_dreambench("embedded", work / DATASET, image_size=resolution)
     subprocess.run([sys.executable, REPO / "stages" / "augment.py", "--subject", subject, "--strategy", STRATEGY],
                    cwd=work, check=True, capture_output=True)
-    (work / CLASS_PRIORS).mkdir()
+    for method in methods:
+        write_prior_set(work / LAYOUT.prior_set(method, subject), None)  # no prior preservation
     instances = root / "instances"  # the reference scripts read every file of the folder as an image
     instances.mkdir()
     examples = read_training_set(work / LAYOUT.augmented(STRATEGY, subject))

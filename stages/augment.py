@@ -4,21 +4,18 @@ import gc
 
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
-from dreamstudy.augment import Context, augment_subject
+from dreamstudy.augment import augment_subject, strategy_context
 from dreamstudy.augment.dataset import instance_caption
 from dreamstudy.cli import stage_args
-from dreamstudy.data.fetch import load_dataset
+from dreamstudy.data.dataset import load_dataset
 from dreamstudy.layout import DATASET
-from dreamstudy.seeding import derive_seed
 
 
 def main(argv=None) -> None:
-    args, p = stage_args(__doc__, ("subject", "strategy"), argv)
+    args, p = stage_args("augment", __doc__, argv)
     subject = load_dataset(DATASET).subjects[args.subject]
-    context = Context(strength=args.strength, num_per_image=p.aug.num_per_image,
-                      seed=derive_seed(p.seed, "augment", args.subject, args.strategy),
-                      class_name=subject.class_name, pretrained=p.model.pretrained,
-                      resolution=p.model.resolution, mix=p.aug.mix)
+    context = strategy_context(args.strategy, p, subject=args.subject, class_name=subject.class_name,
+                               strength=args.strength)
     augment_subject(subject.images, strategy=args.strategy, context=context,
                     caption=instance_caption(p.train.identifier, subject.class_name),
                     out_dir=args.layout.augmented(args.label, args.subject),

@@ -9,8 +9,9 @@ from dreamstudy.data.fetch import fetch_dreambench
 
 
 def main(argv=None) -> None:
-    args, p = stage_args(__doc__, argv=argv, paths={"out": "data/dreambench"})
-    fetch_dreambench(p.data.source, args.out, image_size=p.data.image_size, local_path=p.data.local_path)
+    args, p = stage_args("fetch_data", __doc__, argv, paths={"out": "data/dreambench"})
+    local_path = p.data.local_path if p.data.source == "local" else None
+    fetch_dreambench(p.data.source, args.out, image_size=p.data.image_size, local_path=local_path)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dreamstudy.report.ablation import write_ablation_report
 
 
 def main(argv=None) -> None:
-    args, p = stage_args(__doc__, argv=argv)
+    args, p = stage_args("report", __doc__, argv)
     layout = args.layout
     results = load_results(layout.results, memorization_threshold=p.eval.memorization_threshold)
     if args.study == "ablation":

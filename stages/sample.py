@@ -5,16 +5,16 @@ import gc
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
 from dreamstudy.cli import stage_args
-from dreamstudy.data.fetch import load_dataset
+from dreamstudy.data.dataset import load_dataset
 from dreamstudy.layout import DATASET
 from dreamstudy.methods import get_method
 from dreamstudy.models.loading import load_pipeline
-from dreamstudy.sampling.priors import class_images
-from dreamstudy.sampling.sample import dreambench_specs, generate, use_scheduler
+from dreamstudy.sampling.protocol import class_images, dreambench_specs
+from dreamstudy.sampling.sample import generate, use_scheduler
 
 
 def main(argv=None) -> None:
-    args, p = stage_args(__doc__, ("subject", "method", "strategy"), argv)
+    args, p = stage_args("sample", __doc__, argv)
     cell = (args.method, args.label, args.subject)
     subject = load_dataset(DATASET).subjects[args.subject]
     method, _ = get_method(args.method, p.train)

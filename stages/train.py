@@ -7,13 +7,13 @@ gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 from dvclive import Live
 
 from dreamstudy.cli import stage_args
-from dreamstudy.data.fetch import load_dataset
-from dreamstudy.layout import CLASS_PRIORS, DATASET
+from dreamstudy.data.dataset import load_dataset
+from dreamstudy.layout import DATASET
 from dreamstudy.methods.run import train_run
 
 
 def main(argv=None) -> None:
-    args, p = stage_args(__doc__, ("subject", "method", "strategy"), argv)
+    args, p = stage_args("train", __doc__, argv)
     cell, layout = (args.method, args.label, args.subject), args.layout
     subject = load_dataset(DATASET).subjects[args.subject]
     with Live(str(layout.train_log(*cell)), dvcyaml=None, save_dvc_exp=False, report=None) as live:
@@ -24,7 +24,8 @@ def main(argv=None) -> None:
             live.log_metric("loss", loss)
 
         train_run(p, subject=subject, method_name=args.method, strategy=args.label,
-                  training_set=layout.augmented(args.label, args.subject), priors_root=CLASS_PRIORS,
+                  training_set=layout.augmented(args.label, args.subject),
+                  prior_set=layout.prior_set(args.method, args.subject),
                   out_dir=layout.model(*cell), checkpoint_dir=layout.checkpoint(*cell), log=log)
 
 

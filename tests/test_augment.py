@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamstudy.augment import STRATEGIES, Context, augment_subject, get_strategy, read_training_set
+from dreamstudy.augment import MODULES, Context, augment_subject, get_strategy, read_training_set
 from dreamstudy.io import read_jsonl
+from dreamstudy.params import load_params
+from tests.helpers import ROOT
+
+SMOKE = load_params(ROOT / "params.smoke.yaml").aug
 
 
 @pytest.fixture
@@ -21,17 +25,19 @@ def originals(tmp_path):
 
 
 def context(strength, num_per_image, seed=0):
-    # generative strategies run the tiny model at 32 px; `mix` draws from every other kind of strategy
+    # generative strategies run the tiny model at 32 px with the smoke settings; `mix` draws from every other
+    # kind of strategy
     return Context(strength=strength, num_per_image=num_per_image, seed=seed, class_name="dog",
                    pretrained="tiny", resolution=32,
-                   mix={"classic": 1.0, "scale": 1.0, "specialist": 1.0, "background": 1.0})
+                   mix={"classic": 1.0, "scale": 1.0, "specialist": 1.0, "background": 1.0},
+                   img2img=SMOKE.img2img, controlnet=SMOKE.controlnet, background=SMOKE.background)
 
 
 def pixels(folder):
     return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted(MODULES))
 def test_same_seed_same_images(tmp_path, originals, strategy):
     for run in ("a", "b"):
         augment_subject(originals, strategy=strategy, context=context(0.8, 2, seed=7),
@@ -48,7 +54,7 @@ def test_other_seed_other_images(tmp_path, originals):
     assert not np.array_equal(a["00_classic0.png"], b["00_classic0.png"])
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted(MODULES))
 def test_strength_zero_is_identity(originals, strategy):
     images = [Image.open(p).convert("RGB") for p in originals]
     for image, variants in zip(images, get_strategy(strategy)(images, context(0.0, 3))):

@@ -19,8 +19,9 @@ from PIL import Image
 
 from dreamstudy.data import fetch
 from dreamstudy.data.checksums import read_sha256_list, write_sha256_list
+from dreamstudy.data.dataset import load_dataset
 from dreamstudy.data.dreambench import SUBJECTS, DataError, parse_prompts_and_classes
-from dreamstudy.data.fetch import fetch_dreambench, load_dataset
+from dreamstudy.data.fetch import fetch_dreambench
 from dreamstudy.data.github import ARCHIVE_ROOT
 from dreamstudy.params import DREAMBENCH_COMMIT
 

@@ -1,25 +1,31 @@
-"""DreamBooth and prior preservation on the tiny model: the fine-tuned UNet (and text encoder) load into a
-stock pipeline and change its output; class images land one folder per class, deterministic and readable
-as a training set; the prior loss is instance mean + weight x class mean and changes what training does."""
+"""DreamBooth and prior preservation on the tiny model: a model folder opens as a pipeline even where its base
+names a safety checker it lacks, and a hub model's base is its cached snapshot (round trips:
+tests/test_roundtrip.py); class images are deterministic and readable as a training
+set, the same for subjects of one class; a prior set names them only for prior preservation; the prior loss
+is instance mean + weight x class mean and changes what training does."""
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline
 from PIL import Image
-from safetensors import safe_open
 
 from dreamstudy.augment import read_training_set
 from dreamstudy.methods import get_method
+from dreamstudy.methods.dreambooth import INDEX, DreamBooth, base_folder
 from dreamstudy.methods.trainer import Examples, Prior, prior_preservation_loss, train
-from dreamstudy.models.loading import load_components, load_pipeline, resolve_pretrained
+from dreamstudy.models.loading import ModelLoadError, load_components, load_pipeline, resolve_pretrained
 from dreamstudy.sampling.priors import generate_class_priors
+from dreamstudy.trainset import read_prior_set
 from stages import class_priors as class_priors_stage
-from dreamstudy.data.dreambench import SUBJECTS
+from stages import prior_set as prior_set_stage
 from tests.helpers import ROOT, noise_examples, smoke_train_params
 
 RESOLUTION = 32
@@ -40,64 +46,34 @@ def train_dreambooth(examples, prior=None, steps=3, **section):
     return method, parts, losses
 
 
-def saved(method, parts, folder: Path) -> Path:
-    folder.mkdir()
-    method.save(parts, folder)
-    return folder
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture(scope="module")
-def unet_only(examples, tmp_path_factory):
-    method, parts, _ = train_dreambooth(examples)
-    return method, parts, saved(method, parts, tmp_path_factory.mktemp("dreambooth") / "out")
+def test_model_folder_leaves_out_what_the_study_never_loads(tmp_path):
+    """A base whose model_index.json names a safety checker that is not there, as in a hub snapshot loaded
+    without one: the model folder still opens with plain from_pretrained."""
+    base = tmp_path / "base"
+    shutil.copytree(resolve_pretrained("tiny"), base)
+    index = json.loads((base / INDEX).read_text()) | {
+        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"], "requires_safety_checker": True}
+    (base / INDEX).write_text(json.dumps(index))
+    (tmp_path / "model").mkdir()
+    DreamBooth().save(load_components(str(base)), tmp_path / "model")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
 
 
-def render(pipe, seed=0):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe("a photo of sks dog", height=RESOLUTION, width=RESOLUTION, num_inference_steps=2,
-                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
-
-
-def dtypes(safetensors_file: Path) -> set[torch.dtype]:
-    with safe_open(safetensors_file, "pt") as f:
-        return {f.get_tensor(key).dtype for key in f.keys()}
-
-
-def test_unet_loads_into_a_stock_pipeline_and_changes_output(unet_only):
-    method, parts, folder = unet_only
-    assert sorted(p.name for p in folder.iterdir()) == ["unet"]  # no text encoder when it was not trained
-    assert dtypes(folder / "unet" / "diffusion_pytorch_model.safetensors") == {torch.float16}
-    assert parts.unet.dtype == torch.float32  # saving in float16 left the trained model alone
-    base = StableDiffusionPipeline.from_pretrained(resolve_pretrained("tiny"))
-    stock = StableDiffusionPipeline.from_pretrained(
-        resolve_pretrained("tiny"), unet=UNet2DConditionModel.from_pretrained(folder / "unet"))
-    ours = load_pipeline("tiny")
-    method.load_into(ours, folder)
-    assert ours.unet.dtype == torch.float32
-    assert np.abs(render(stock) - render(base)).max() > 1e-3
-    assert np.array_equal(render(ours), render(stock))
-
-
-def test_load_into_casts_to_the_pipelines_dtype(unet_only):
-    method, _, folder = unet_only
-    pipe = load_pipeline("tiny", torch_dtype=torch.bfloat16)
-    method.load_into(pipe, folder)
-    assert pipe.unet.dtype == torch.bfloat16 and pipe.unet.device == pipe.device
-
-
-def test_trained_text_encoder_is_saved_and_loaded(examples, tmp_path):
-    method, parts, _ = train_dreambooth(examples, train_text_encoder=True)
-    folder = saved(method, parts, tmp_path / "out")
-    assert sorted(p.name for p in folder.iterdir()) == ["text_encoder", "unet"]
-    assert dtypes(folder / "text_encoder" / "model.safetensors") == {torch.float16}
-    pipe = load_pipeline("tiny")
-    base = pipe.text_encoder.state_dict()
-    method.load_into(pipe, folder)
-    loaded, trained = pipe.text_encoder.state_dict(), parts.text_encoder.state_dict()
-    assert pipe.text_encoder.dtype == torch.float32
-    half = {k: v.half().float() for k, v in trained.items()}  # what the float16 files hold
-    assert all(torch.equal(loaded[k], half[k]) for k in trained)
-    assert any(not torch.equal(half[k], base[k].half().float()) for k in base)  # and training changed it
+def test_a_hub_models_base_folder_is_its_snapshot_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "models--someone--tiny-sd"
+    shutil.copytree(resolve_pretrained("tiny"), repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    assert base_folder("someone/tiny-sd") == repo / "snapshots" / COMMIT
+    with pytest.raises(ModelLoadError, match="'someone/absent'"):
+        base_folder("someone/absent")
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +81,8 @@ def priors(tmp_path_factory):
     pipe = load_pipeline("tiny")
     root = tmp_path_factory.mktemp("priors")
 
-    def make(name, classes=("dog", "stuffed animal", "dog"), num_images=2):
-        generate_class_priors(pipe, list(classes), root / name, num_images=num_images, seed=0,
+    def make(name, class_name="dog", num_images=2):
+        generate_class_priors(pipe, class_name, root / name, num_images=num_images, seed=0,
                               resolution=RESOLUTION, num_inference_steps=2, guidance_scale=7.5, batch_size=3)
         return root / name
     return make
@@ -117,36 +93,58 @@ def digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_class_priors_one_folder_per_class_readable_and_deterministic(priors):
-    root = priors("a")
-    assert sorted(p.name for p in root.iterdir()) == ["dog", "stuffed_animal"]
-    for folder, caption in (("dog", "a photo of a dog"), ("stuffed_animal", "a photo of a stuffed animal")):
-        examples = read_training_set(root / folder)
-        assert len(examples) == 2 and {e.caption for e in examples} == {caption}
+def test_class_priors_readable_and_deterministic(priors):
+    for name, class_name in (("dog", "dog"), ("plush", "stuffed animal")):
+        examples = read_training_set(priors(name, class_name))
+        assert len(examples) == 2 and {e.caption for e in examples} == {f"a photo of a {class_name}"}
         assert all(Image.open(e.image).size == (RESOLUTION, RESOLUTION) for e in examples)
-    images = [np.asarray(Image.open(root / p)) for p in ("dog/0000.png", "dog/0001.png", "stuffed_animal/0000.png")]
-    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[0], images[2])
-    assert digests(priors("again")) == digests(root)
-    # a class's images depend on their own seeds, not on the other classes of the study
-    assert digests(priors("dog_only", classes=["dog"]))["dog/0000.png"] == digests(root)["dog/0000.png"]
+    images = [np.asarray(Image.open(priors("dog") / p)) for p in ("0000.png", "0001.png")]
+    assert not np.array_equal(*images)
+    assert not np.array_equal(images[0], np.asarray(Image.open(priors("plush", "stuffed animal") / "0000.png")))
+    assert digests(priors("again")) == digests(priors("dog"))
+    # the first images do not depend on how many are drawn
+    assert digests(priors("one", num_images=1))["0000.png"] == digests(priors("dog"))["0000.png"]
 
 
-def test_no_class_images_gives_an_empty_folder(priors):
-    root = priors("none", num_images=0)
-    assert root.is_dir() and not any(root.iterdir())
-
-
-def test_class_priors_stage_covers_each_class_of_the_study_once(tmp_path, monkeypatch):
+def smoke_folder(tmp_path, **priors) -> Path:
     params = yaml.safe_load((ROOT / "params.smoke.yaml").read_text())
-    params["data"]["subjects"] = sorted(SUBJECTS)  # all 30, of 15 classes
     params["model"] = {"pretrained": "tiny", "resolution": RESOLUTION}
-    params["priors"] |= {"num_images": 1, "num_inference_steps": 1}
+    params["data"]["subjects"] = ["dog", "dog2", "cat"]
+    params["priors"] |= {"num_inference_steps": 1, **priors}
+    params["train"]["methods"] = ["lora", "dreambooth"]
+    params["train"]["dreambooth"]["prior_preservation"] = params["priors"]["num_images"] > 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(tmp_path)
-    class_priors_stage.main([])
-    folders = sorted(p.name for p in (tmp_path / "data" / "class_priors").iterdir())
-    assert len(params["data"]["subjects"]) == 30 and len(folders) == 15
-    assert {"dog", "stuffed_animal", "toy"} <= set(folders)
+    return tmp_path
+
+
+def test_class_priors_stage_gives_subjects_of_a_class_the_same_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(smoke_folder(tmp_path, num_images=1))
+    for subject in ("dog", "dog2", "cat"):
+        class_priors_stage.main(["--subject", subject])
+    dog, dog2, cat = (digests(tmp_path / "data" / "class_priors" / s) for s in ("dog", "dog2", "cat"))
+    assert dog == dog2 and set(dog) == {"0000.png", "captions.jsonl"} and dog != cat
+
+
+def test_no_class_images_gives_an_empty_folder_and_loads_no_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(smoke_folder(tmp_path, num_images=0))
+    monkeypatch.setattr("dreamstudy.sampling.priors.load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    class_priors_stage.main(["--subject", "dog"])
+    assert (tmp_path / "data" / "class_priors" / "dog").is_dir()
+    assert not any((tmp_path / "data" / "class_priors" / "dog").iterdir())
+
+
+def test_prior_set_names_class_images_only_for_prior_preservation(tmp_path, monkeypatch):
+    monkeypatch.chdir(smoke_folder(tmp_path, num_images=1, weight=0.5))
+    class_priors_stage.main(["--subject", "dog"])
+    for method in ("lora", "dreambooth"):
+        prior_set_stage.main(["--subject", "dog", "--method", method])
+    assert read_prior_set(tmp_path / "data/prior_sets/lora/dog.json") is None
+    examples, weight = read_prior_set(tmp_path / "data/prior_sets/dreambooth/dog.json")
+    assert weight == 0.5 and [e.caption for e in examples] == ["a photo of a dog"]
+    # the record pins the images: a changed class image is refused, not trained on
+    Image.new("RGB", (RESOLUTION, RESOLUTION)).save(tmp_path / "data/class_priors/dog/0000.png")
+    with pytest.raises(ValueError, match="no longer holds the class images"):
+        read_prior_set(tmp_path / "data/prior_sets/dreambooth/dog.json")
 
 
 def test_prior_preservation_loss_is_instance_mean_plus_weighted_class_mean():
@@ -156,7 +154,7 @@ def test_prior_preservation_loss_is_instance_mean_plus_weighted_class_mean():
 
 
 def test_training_with_prior_differs_from_without(examples, priors):
-    class_images = Examples(read_training_set(priors("a") / "dog"))
+    class_images = Examples(read_training_set(priors("dog")))
     runs = [train_dreambooth(examples, prior=prior, steps=2)
             for prior in (None, Prior(class_images, weight=1.0), Prior(class_images, weight=0.0))]
     (_, plain, plain_losses), (_, with_prior, prior_losses), (_, unweighted, _) = runs

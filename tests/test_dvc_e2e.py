@@ -1,8 +1,10 @@
 """The smoke study end to end through DVC, in a temporary copy of the repository.
 
 One module-scoped run (minutes) serves every check: all stages run and produce every figure and table;
-a second `dvc repro` reruns nothing; `dvc exp run -S aug.strength=0.5` reruns exactly `augment` and the
-stages after it that its outputs change, and `dvc exp show` lists the changed metrics.
+a second `dvc repro` reruns nothing; each change of params or code reruns exactly the stages that read it
+(seen in `dvc status` once the cheap `stage_inputs` has run); `dvc exp run -S aug.strength=0.5` reruns
+exactly `augment` and the stages after it that its outputs change, and the experiment keeps its metrics
+and loss curves.
 """
 
 import hashlib
@@ -16,6 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from dreamstudy import dag
+from dreamstudy.params import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -24,10 +30,15 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
 pytestmark = pytest.mark.slow
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+def env(repo: Path) -> dict:
+    """The stages import the package of `repo`, not of the checkout that pip installed in editable mode."""
+    return {**os.environ, **GIT_ENV, "PYTHONPATH": str(repo / "src")}
+
+
+def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(cwd))
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
+    return done.stdout if stdout_only else done.stdout + done.stderr
 
 
 def stages_run(log: str) -> set[str]:
@@ -58,11 +69,11 @@ def smoke(clone) -> tuple[Path, str]:
 def test_every_stage_runs_and_every_output_exists(smoke):
     repo, log = smoke
     ran = stages_run(log)
-    assert {"fetch_data", "evaluate", "report"} <= ran
-    for stage in ("augment", "train", "sample"):
+    assert {"stage_inputs", "fetch_data", "gather", "report"} <= ran
+    for stage in ("augment", "train", "sample", "evaluate"):
         assert {f"{stage}@dog-none", f"{stage}@backpack-classic"} <= {s.replace("-lora", "") for s in ran}
     summary = json.loads((repo / "results/metrics/summary.json").read_text())
-    assert set(summary["lora"]) == {"none", "classic"}
+    assert set(summary) == set(METHODS) and set(summary["lora"]) == {"none", "classic"}
     for name in ("dino", "clip_i", "clip_t"):
         assert -1 <= summary["lora"]["classic"][name] <= 1
     figures = {p.name for p in (repo / "paper/figures").iterdir()}
@@ -73,28 +84,142 @@ def test_every_stage_runs_and_every_output_exists(smoke):
     assert (repo / "results/samples/lora/none/backpack/samples.jsonl").is_file()
 
 
+def test_git_sees_the_metric_and_plot_files_and_no_other_output(smoke):
+    repo, _ = smoke
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).split("\n")
+    paths = {line[3:] for line in untracked if line}
+    assert paths == {"dvc.lock", "params.yaml", "results/metrics/summary.json", "results/metrics/headline.json",
+                     "results/ablation/metrics/summary.json", "results/ablation/metrics/headline.json",
+                     *(str(p.relative_to(repo)) for p in repo.glob("results/**/train/**/*") if p.is_file())}
+    assert {p.name for p in repo.glob("results/**/train/**/*") if p.is_file()} == {"loss.tsv", "metrics.json"}
+
+
 def test_second_repro_reruns_nothing(smoke):
     repo, _ = smoke
     assert stages_run(run(["dvc", "repro"], repo)) == set()
 
 
+def changed_by(repo: Path, path: str, change) -> set[str]:
+    """The stages DVC would rerun after `change` rewrites the text of `path`, once `stage_inputs` (and the prior
+    sets it feeds, both cheap) have run; the workspace is then put back as it was."""
+    original = (repo / path).read_text()
+    (repo / path).write_text(change(original))
+    try:
+        run(["dvc", "repro", "--single-item", "stage_inputs"], repo)
+        changed = set(json.loads(run(["dvc", "status", "--json"], repo, stdout_only=True)))
+        prior_sets = [stage for stage in changed if stage.startswith("prior_set")]
+        if prior_sets:
+            run(["dvc", "repro", "--single-item", *prior_sets], repo)
+            changed = set(json.loads(run(["dvc", "status", "--json"], repo, stdout_only=True))) | set(prior_sets)
+        return changed
+    finally:
+        (repo / path).write_text(original)
+        run(["dvc", "checkout", "--force"], repo)
+
+
+def with_params(repo: Path, **changes) -> set[str]:
+    def change(text: str) -> str:
+        params = yaml.safe_load(text)
+        for key, value in changes.items():
+            *sections, leaf = key.split(".")
+            node = params
+            for section in sections:
+                node = node[section]
+            node[leaf] = value
+        return yaml.safe_dump(params)
+    return changed_by(repo, "params.yaml", change)
+
+
+def with_edit(repo: Path, path: str) -> set[str]:
+    return changed_by(repo, path, lambda text: text + "# edited\n")
+
+
+def grid(stage: str, subjects=("dog", "backpack"), methods=METHODS, strategies=("none", "classic")) -> set[str]:
+    return {f"{stage}@{subject}-{method}-{strategy}" for subject in subjects for method in methods
+            for strategy in strategies}
+
+
+def test_a_new_subject_runs_its_own_stages_then_the_gather(smoke):
+    repo, _ = smoke
+    changed = with_params(repo, **{"data.subjects": ["dog", "backpack", "can"]})
+    assert changed == {"class_priors@can", "gather", *(f"prior_set@can-{m}" for m in METHODS),
+                       *(f"augment@can-{s}" for s in ("none", "classic")),
+                       *(s for stage in ("train", "sample", "evaluate") for s in grid(stage, subjects=["can"]))}
+
+
+def test_the_prior_weight_reruns_only_methods_with_prior_preservation(smoke):
+    repo, _ = smoke
+    preserving = [m for m in METHODS if yaml.safe_load((repo / "params.yaml").read_text())["train"][m][
+        "prior_preservation"]]
+    assert preserving and len(preserving) < len(METHODS)
+    changed = with_params(repo, **{"priors.weight": 0.5})
+    assert changed == {*(f"prior_set@{s}-{m}" for s in ("dog", "backpack") for m in preserving),
+                       *grid("train", methods=preserving)}
+
+
+def test_the_strength_reruns_only_graded_augmentations(smoke):
+    repo, _ = smoke
+    assert with_params(repo, **{"aug.strength": 0.5}) == {"augment@dog-classic", "augment@backpack-classic"}
+
+
+def test_settings_that_leave_outputs_unchanged_rerun_nothing(smoke):
+    repo, _ = smoke
+    assert with_params(repo, **{"train.checkpoint_every": 7}) == set()
+
+
+def test_a_method_module_reruns_only_that_method(smoke):
+    repo, _ = smoke
+    changed = with_edit(repo, "src/dreamstudy/methods/textual_inversion.py")
+    assert changed == grid("train", methods=["textual_inversion"]) | grid("sample", methods=["textual_inversion"])
+
+
+def test_a_shared_module_reruns_every_stage_that_imports_it(smoke):
+    repo, _ = smoke
+    importers = {path.parent.name + "/" + path.stem for path in (repo / "build/stage_inputs").rglob("*.json")
+                 if "src/dreamstudy/text.py" in json.loads(path.read_text())["code"]}
+    assert {"main/train-lora", "main/evaluate", "ablation/train-lora"} <= importers
+    assert not importers & {"main/fetch_data", "main/report", "main/gather"}
+    present = {kind_of(stage) for stage in run(["dvc", "stage", "list", "--name-only"], repo, stdout_only=True).split()
+               if stage != "stage_inputs"}
+    changed = with_edit(repo, "src/dreamstudy/text.py")
+    assert {kind_of(stage) for stage in changed} == importers & present
+
+
+def kind_of(stage: str) -> str:
+    """"train_ablation@dog-classic-0.5" -> "ablation/train-lora": the inputs file a stage depends on (the smoke
+    ablation's method is lora)."""
+    name, _, cell = stage.partition("@")
+    kind, study = (name.removesuffix("_ablation_none").removesuffix("_ablation"),
+                   "ablation" if "_ablation" in name else "main")
+    by = dag.KINDS[kind].by
+    if by is None:
+        return f"{study}/{kind}"
+    parts = cell.split("-")
+    item = {"method": "lora" if study == "ablation" else parts[1],
+            "strategy": "none" if name.endswith("_none") else parts[1]}[by]
+    return f"{study}/{kind}-{item}"
+
+
 def test_strength_experiment_reruns_augment_and_after(smoke):
     repo, _ = smoke
     before = json.loads((repo / "results/metrics/summary.json").read_text())
-    ran = stages_run(run(["dvc", "exp", "run", "-S", "aug.strength=0.5"], repo))
+    ran = stages_run(run(["dvc", "exp", "run", "-n", "s05", "-S", "aug.strength=0.5"], repo))
     assert "fetch_data" not in ran
-    assert {s for s in ran if s.startswith("augment@")} == {
-        f"augment@{subject}-{strategy}" for subject in ("dog", "backpack") for strategy in ("none", "classic")}
+    assert {s for s in ran if s.startswith("augment")} == {"augment@dog-classic", "augment@backpack-classic"}
     # `none` ignores the strength: its outputs are unchanged, so nothing downstream of it reruns
-    assert {s for s in ran if s.startswith(("train@", "sample@"))} == {
-        f"{stage}@{subject}-lora-classic" for stage in ("train", "sample") for subject in ("dog", "backpack")}
-    assert {"evaluate", "report"} <= ran
+    assert {s for s in ran if s.startswith(("train@", "sample@", "evaluate@"))} == {
+        s for stage in ("train", "sample", "evaluate") for s in grid(stage, strategies=["classic"])}
+    assert {"gather", "report"} <= ran and not {s for s in ran if "ablation" in s}
     after = json.loads((repo / "results/metrics/summary.json").read_text())
     assert after["lora"]["classic"] != before["lora"]["classic"]
     assert after["lora"]["none"] == before["lora"]["none"]
-    text = run(["dvc", "exp", "show", "--json"], repo)
-    assert "aug.strength" in text or '"strength"' in text
-    assert str(after["lora"]["classic"]["dino"])[:6] in text
+    # the experiment keeps its numbers and its loss curves
+    table = run(["dvc", "exp", "show", "--csv"], repo, stdout_only=True)
+    row = next(line for line in table.splitlines() if line.startswith("s05,"))
+    headline = json.loads((repo / "results/metrics/headline.json").read_text())
+    assert str(headline["lora"]["classic"]["dino"]) in row.split(",")
+    plots = run(["dvc", "plots", "diff", "s05", "--json"], repo, stdout_only=True)
+    assert "loss.tsv" in plots and "s05" in plots
 
 
 def test_sigkilled_training_resumes_to_the_same_weights(smoke):
@@ -102,7 +227,7 @@ def test_sigkilled_training_resumes_to_the_same_weights(smoke):
     weights = repo / "models/lora/none/dog/pytorch_lora_weights.safetensors"
     uninterrupted = hashlib.sha256(weights.read_bytes()).hexdigest()
     stage = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train@dog-lora-none"], cwd=repo,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **GIT_ENV})
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(repo))
     checkpoint = repo / "checkpoints/lora/none/dog/state.json"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
@@ -122,12 +247,13 @@ def test_sigkilled_training_resumes_to_the_same_weights(smoke):
 
 def test_changing_one_strength_reruns_only_its_column(smoke):
     repo, log = smoke
-    assert {"evaluate_ablation", "report_ablation", "train_ablation_none@dog"} <= stages_run(log)
+    assert {"gather_ablation", "report_ablation", "train_ablation_none@dog"} <= stages_run(log)
     assert re.search(r"^none & -- & ", (repo / "paper/ablation/ablation.tex").read_text(), re.MULTILINE)
     ran = stages_run(run(["dvc", "exp", "run", "-S", "ablation.strengths=[0.5,0.75]"], repo))
-    grid = {s for s in ran if s.startswith(("augment_ablation@", "train_ablation@", "sample_ablation@"))}
-    assert grid == {f"{stage}_ablation@dog-{strategy}-0.75" for stage in ("augment", "train", "sample")
-                    for strategy in ("classic", "scale")}
-    assert {"evaluate_ablation", "report_ablation"} <= ran
-    assert not ran & {"fetch_data", "class_priors", "evaluate", "report"}
+    cells = {s for s in ran if s.startswith(("augment_ablation@", "train_ablation@", "sample_ablation@",
+                                              "evaluate_ablation@"))}
+    assert cells == {f"{stage}_ablation@dog-{strategy}-0.75" for stage in ("augment", "train", "sample", "evaluate")
+                     for strategy in ("classic", "scale")}
+    assert {"gather_ablation", "report_ablation"} <= ran
+    assert not ran & {"fetch_data", "class_priors@dog", "gather", "report"}
     assert not {s for s in ran if "_ablation_none@" in s}  # the baseline has no strength

@@ -11,7 +11,6 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 
-from tests.helpers import noise_image
 from dreamstudy.augment import Context, augment_subject, get_strategy, read_training_set
 from dreamstudy.augment.controlnet import canny_edges, generated_count
 from dreamstudy.augment.generative import base_pipeline, context_prompts, draw_prompts
@@ -19,10 +18,13 @@ from dreamstudy.augment.img2img import img2img_steps
 from dreamstudy.io import read_jsonl
 from dreamstudy.models.loading import ModelLoadError, cache_dir, tiny_folder
 from dreamstudy.models.tiny_controlnet import build_tiny_controlnet, load_controlnet, tiny_controlnet_folder
+from dreamstudy.params import load_params
+from tests.helpers import ROOT, noise_image
 
 GENERATIVE = ("img2img", "controlnet")
 img2img_module = importlib.import_module("dreamstudy.augment.img2img")
 controlnet_module = importlib.import_module("dreamstudy.augment.controlnet")
+SMOKE = load_params(ROOT / "params.smoke.yaml").aug  # aug.img2img and aug.controlnet at smoke scale (4 steps)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,9 +52,11 @@ def offline(monkeypatch):
 noise = noise_image
 
 
-def ctx(strength, num_per_image, seed=0):
-    return Context(strength=strength, num_per_image=num_per_image, seed=seed, class_name="dog",
-                   pretrained="tiny", resolution=32)
+def ctx(strength, num_per_image, seed=0, **changes):
+    """A context on the tiny model at 32 px with the smoke settings, some of them changed."""
+    settings = {"pretrained": "tiny", "img2img": SMOKE.img2img, "controlnet": SMOKE.controlnet, **changes}
+    return Context(strength=strength, num_per_image=num_per_image, seed=seed, class_name="dog", resolution=32,
+                   **settings)
 
 
 def arrays(variants):
@@ -74,7 +78,7 @@ def test_context_prompts_have_one_class_slot():
 
 @pytest.mark.parametrize("strategy", GENERATIVE)
 def test_strength_zero_gives_originals_without_the_model(monkeypatch, strategy):
-    def no_model(pretrained):
+    def no_model(*args):
         raise AssertionError("strength 0 must not load a model")
     monkeypatch.setattr(img2img_module, "img2img_pipeline", no_model)
     monkeypatch.setattr(controlnet_module, "controlnet_pipeline", no_model)
@@ -108,10 +112,26 @@ def test_img2img_renders_at_resolution_by_seed_and_strength():
     assert not any(np.array_equal(x, y) for x, y in zip(arrays(a), arrays(other_strength)))
 
 
+@pytest.mark.parametrize("strategy, change", [
+    ("img2img", {"num_inference_steps": 6}),
+    ("img2img", {"guidance_scale": 2.0}),
+    ("controlnet", {"num_inference_steps": 6}),
+    ("controlnet", {"guidance_scale": 2.0}),
+    ("controlnet", {"conditioning_scale": 0.5}),
+    ("controlnet", {"canny_low": 150, "canny_high": 300}),  # a quarter fewer edges on these noise images
+])
+def test_each_setting_changes_the_images(strategy, change):
+    settings = getattr(SMOKE, strategy)
+    images = [noise(0), noise(1)]
+    runs = [get_strategy(strategy)(images, ctx(1.0, 2, seed=3, **{strategy: s}))  # strength 1: all generated
+            for s in (settings, settings.model_copy(update=change))]
+    assert not any(np.array_equal(x, y) for x, y in zip(*map(arrays, runs)))
+
+
 def test_canny_edges_outline_a_square():
     pixels = np.zeros((64, 64, 3), np.uint8)
     pixels[16:48, 16:48] = 255
-    edges = canny_edges(Image.fromarray(pixels))
+    edges = canny_edges(Image.fromarray(pixels), 100, 200)
     e = np.asarray(edges)
     assert edges.mode == "RGB" and (e[..., 0] == e[..., 1]).all() and (e[..., 0] == e[..., 2]).all()
     assert set(np.unique(e)) == {0, 255}
@@ -120,7 +140,7 @@ def test_canny_edges_outline_a_square():
     ring[14:50, 14:50] = True
     ring[18:46, 18:46] = False
     assert on[ring].sum() >= 4 * 28 and not on[~ring].any()
-    assert not np.asarray(canny_edges(Image.new("RGB", (64, 64), "grey"))).any()
+    assert not np.asarray(canny_edges(Image.new("RGB", (64, 64), "grey"), 100, 200)).any()
 
 
 def test_controlnet_share_is_exact_when_whole_and_right_on_average():
@@ -142,10 +162,23 @@ def test_controlnet_follows_the_control_image():
     # Same seed, prompt and noise (both at index 0): only the edge maps differ, so must the images
     # (a ControlNet with zero convolutions, or one not wired in, would give the same pixels).
     a, b = noise(0), noise(1)
-    edges = [np.asarray(canny_edges(image.resize((32, 32)))) for image in (a, b)]
+    edges = [np.asarray(canny_edges(image.resize((32, 32)), 100, 200)) for image in (a, b)]
     assert not np.array_equal(*edges)
     run = [np.asarray(get_strategy("controlnet")([image], ctx(1.0, 1, seed=5))[0][0].image) for image in (a, a, b)]
     assert np.array_equal(run[0], run[1]) and not np.array_equal(run[0], run[2])
+
+
+def test_controlnet_model_loads_unless_the_base_model_is_tiny(offline):
+    # By path, the tiny model is a base model like any other: aug.controlnet.model is loaded for it.
+    def render(pretrained, controlnet_model):
+        settings = SMOKE.controlnet.model_copy(update={"model": controlnet_model})
+        return np.asarray(get_strategy("controlnet")([noise(0)], ctx(1.0, 1, pretrained=pretrained,
+                                                                     controlnet=settings))[0][0].image)
+
+    by_name = render("tiny", "nobody/no-such-controlnet")  # "tiny" brings its own ControlNet
+    assert np.array_equal(by_name, render(str(tiny_folder()), str(tiny_controlnet_folder())))
+    with pytest.raises(ModelLoadError, match="nobody/no-such-controlnet"):
+        render(str(tiny_folder()), "nobody/no-such-controlnet")
 
 
 def test_tiny_controlnet_builds_deterministically(tmp_path):

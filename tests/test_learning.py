@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from dreamstudy.augment.dataset import instance_caption
-from dreamstudy.data.fetch import fetch_dreambench, load_dataset
-from dreamstudy.methods import METHODS, get_method
+from dreamstudy.data.dataset import load_dataset
+from dreamstudy.data.fetch import fetch_dreambench
+from dreamstudy.methods import get_method
 from dreamstudy.methods.trainer import Examples, diffusion_loss, latent_distribution, pixel_batch, tokenize, train
 from dreamstudy.models.loading import load_components, load_pipeline
+from dreamstudy.params import METHODS
 from dreamstudy.sampling.sample import use_scheduler
 from tests.helpers import smoke_train_params
 

@@ -10,16 +10,14 @@ import torch
 import torchvision
 from PIL import Image
 
-from dreamstudy.layout import class_folder
 from dreamstudy.metrics import diversity
 from dreamstudy.metrics.cache import EmbeddingCache
 from dreamstudy.metrics.diversity import copy_trunk, load_lpips, mean_pairwise_lpips, pairwise_lpips, to_lpips_input
 from dreamstudy.metrics.encoders import load_encoders
-from dreamstudy.metrics.evaluate import prompt_diversity
-from dreamstudy.metrics.memorization import real_images
-from dreamstudy.metrics.preservation import preservation
+from dreamstudy.metrics.evaluate import prompt_diversity, real_images
+from dreamstudy.metrics.preservation import base_class_images, preservation
 from dreamstudy.metrics.similarity import mean_pairwise_cosine
-from dreamstudy.sampling.priors import class_images
+from dreamstudy.sampling.protocol import class_images
 from tests.test_metrics import noise, sample_row, save, solid
 
 
@@ -118,36 +116,45 @@ def test_real_images_of_identical_photos_is_one(encoders, tmp_path):
 
 
 def pres_tree(tmp_path, class_priors: bool):
-    """Two PRES images of a dog run, the dog's photos, and (optionally) the base model's class images."""
+    """Two PRES images of a dog run (their seeds), the dog's photos, and (optionally) the base model's class
+    images of the dog subject."""
     specs = class_images("dog", 2, seed=0)
     real = [save(noise(0), tmp_path / "real0.png"), save(solid((30, 160, 60)), tmp_path / "real1.png")]
-    rows = [{"seed": spec.seed, "path": str(save(image, tmp_path / "pres" / spec.file))}
-            for spec, image in zip(specs, [noise(0), solid((30, 160, 60))])]  # fine-tuned: the subject itself
+    pres = [save(image, tmp_path / "pres" / spec.file)  # fine-tuned: the subject itself
+            for spec, image in zip(specs, [noise(0), solid((30, 160, 60))])]
     if class_priors:
         for spec, image in zip(specs, [solid((90, 90, 90)), solid((200, 30, 30))]):
-            save(image, class_folder(tmp_path / "class_priors", "dog") / spec.file)
-    return {("lora", "none", "dog"): rows}, {"dog": real}
+            save(image, tmp_path / "class_priors" / "dog" / spec.file)
+    return [spec.seed for spec in specs], pres, real
 
 
 def test_pres_and_pres_base(encoders, tmp_path):
-    runs, references = pres_tree(tmp_path, class_priors=True)
+    seeds, pres, references = pres_tree(tmp_path, class_priors=True)
+    base = base_class_images("dog", seeds, tmp_path / "class_priors" / "dog", seed=0, where="pres.jsonl")
     cache = EmbeddingCache(encoders)
-    row = preservation(runs, references, cache, tmp_path / "class_priors", seed=0).iloc[0]
+    row = preservation(pres, base, references, cache)
     # The fine-tuned model draws exactly the subject's photos for "a photo of a dog": PRES = the subject's
     # mean pairwise similarity with itself; the base model's class images are far from it.
-    real = cache.images("dino", references["dog"])
-    assert row.pres == pytest.approx(mean_pairwise_cosine(real, real), abs=1e-5)
-    base = cache.images("dino", sorted((tmp_path / "class_priors" / "dog").glob("*.png")))
-    assert row.pres_base == pytest.approx(mean_pairwise_cosine(base, real), abs=1e-5)
-    assert row.pres > row.pres_base and row.n_pres == 2
+    real = cache.images("dino", references)
+    assert row["pres"] == pytest.approx(mean_pairwise_cosine(real, real), abs=1e-5)
+    assert base == sorted((tmp_path / "class_priors" / "dog").glob("*.png"))
+    assert row["pres_base"] == pytest.approx(mean_pairwise_cosine(cache.images("dino", base), real), abs=1e-5)
+    assert row["pres"] > row["pres_base"] and row["n_pres"] == 2
 
 
 def test_pres_base_nan_without_class_images_and_error_on_other_seeds(encoders, tmp_path):
-    runs, references = pres_tree(tmp_path, class_priors=False)
-    table = preservation(runs, references, EmbeddingCache(encoders), tmp_path / "class_priors", seed=0)
-    assert not math.isnan(table.pres.iloc[0]) and math.isnan(table.pres_base.iloc[0])
-    with pytest.raises(ValueError, match=r"lora/none/dog.*params seed 1"):
-        preservation(runs, references, EmbeddingCache(encoders), tmp_path / "class_priors", seed=1)
+    seeds, pres, references = pres_tree(tmp_path, class_priors=False)
+    assert base_class_images("dog", seeds, tmp_path / "class_priors" / "dog", seed=0, where="pres.jsonl") == []
+    row = preservation(pres, [], references, EmbeddingCache(encoders))
+    assert not math.isnan(row["pres"]) and math.isnan(row["pres_base"])
+    with pytest.raises(ValueError, match=r"lora/none/dog/pres.jsonl.*params seed 1"):
+        base_class_images("dog", seeds, tmp_path / "class_priors" / "dog", seed=1, where="lora/none/dog/pres.jsonl")
+
+
+def test_pres_nan_without_pres_images(encoders, tmp_path):
+    _, _, references = pres_tree(tmp_path, class_priors=False)
+    row = preservation([], [], references, EmbeddingCache(encoders))
+    assert math.isnan(row["pres"]) and math.isnan(row["pres_base"]) and row["n_pres"] == 0
 
 
 class Counting:
@@ -168,7 +175,7 @@ def test_cache_hit_avoids_reencoding(encoders, tmp_path):
     paths = [save(noise(i), tmp_path / f"{i}.png") for i in range(3)]
     duplicate = save(noise(0), tmp_path / "copy_of_0.png")
     first = Counting(encoders)
-    embeddings = EmbeddingCache(first, tmp_path / "cache", batch_size=2).images("dino", paths + [duplicate])
+    embeddings = EmbeddingCache(first, tmp_path / "cache").images("dino", paths + [duplicate])
     assert first.encoded == 3  # the duplicate file is the same image: encoded once
 
     again = Counting(encoders)  # a later run (another stage, experiment): reads the safetensors files
@@ -181,6 +188,15 @@ def test_cache_hit_avoids_reencoding(encoders, tmp_path):
     other_weights = Counting(encoders, seed=1)  # other random weights must not reuse these embeddings
     EmbeddingCache(other_weights, tmp_path / "cache").images("dino", paths)
     assert other_weights.encoded == 3
+
+
+def test_cached_embeddings_do_not_depend_on_what_else_was_encoded(encoders, tmp_path):
+    """Each image is encoded alone: its embedding has the same bits whichever images came with it (a batch of
+    seven rounds differently), so a run's scores do not depend on which run filled the cache."""
+    paths = [save(noise(i), tmp_path / f"{i}.png") for i in range(7)]
+    together = EmbeddingCache(encoders).images("clip", paths)
+    apart = torch.cat([EmbeddingCache(encoders).images("clip", [path]) for path in paths])
+    assert torch.equal(together, apart)
 
 
 def test_cache_encodes_again_over_a_torn_file(encoders, tmp_path):

@@ -55,6 +55,21 @@ def test_committed_params_files_are_valid(tmp_path):
     ("sample.scheduler", "heun", "sample.scheduler"),
     ("model.resolution", 30, "model.resolution"),
     ("data.source", "ftp", "data.source"),
+    ("train.lora.weight_decay", -0.01, "train.lora.weight_decay"),
+    ("train.custom_diffusion.max_grad_norm", 0.0, "train.custom_diffusion.max_grad_norm"),
+    ("train.textual_inversion.max_grad_norm", "none", "train.textual_inversion.max_grad_norm"),
+    ("aug.img2img.num_inference_steps", 0, "aug.img2img.num_inference_steps"),
+    ("aug.img2img.guidance_scale", -1.0, "aug.img2img.guidance_scale"),
+    ("aug.controlnet.model", 7, "aug.controlnet.model"),
+    ("aug.controlnet.num_inference_steps", 2.5, "aug.controlnet.num_inference_steps"),
+    ("aug.controlnet.guidance_scale", -0.5, "aug.controlnet.guidance_scale"),
+    ("aug.controlnet.conditioning_scale", -1.0, "aug.controlnet.conditioning_scale"),
+    ("aug.controlnet.canny_low", -1, "aug.controlnet.canny_low"),
+    ("aug.background.kinds", ["solid", "plasma"], "aug.background.kinds"),
+    ("aug.background.kinds", [], "aug.background.kinds"),
+    ("aug.background.kinds", ["solid", "solid"], "aug.background.kinds"),
+    ("aug.background.num_inference_steps", 0, "aug.background.num_inference_steps"),
+    ("aug.background.guidance_scale", -7.5, "aug.background.guidance_scale"),
 ])
 def test_bad_values_name_the_key(smoke, key, value, message):
     with pytest.raises(ParamsError, match=message.replace(".", r"\.")):
@@ -75,6 +90,32 @@ def test_unknown_and_missing_keys(smoke):
     del raw["train"]["methods"]
     with pytest.raises(ParamsError, match=r"train\.methods: missing"):
         validate_params(raw)
+
+
+def test_canny_thresholds_in_order(smoke):
+    with pytest.raises(ParamsError, match=r"aug\.controlnet: .*canny_low \(100\) must be below canny_high \(50\)"):
+        validate_params(with_change(smoke, "aug.controlnet.canny_high", 50))
+
+
+def test_null_max_grad_norm_turns_clipping_off(smoke):
+    assert validate_params(with_change(smoke, "train.lora.max_grad_norm", None)).train.lora.max_grad_norm is None
+
+
+def test_settings_left_out_keep_their_former_hard_coded_values(smoke):
+    """A params file from before these keys were settings still validates, to the values then built in."""
+    raw = copy.deepcopy(smoke)
+    for method in ("dreambooth", "lora", "textual_inversion", "custom_diffusion"):
+        del raw["train"][method]["weight_decay"], raw["train"][method]["max_grad_norm"]
+    for strategy in ("img2img", "controlnet", "background"):
+        del raw["aug"][strategy]
+    p = validate_params(raw)
+    assert (p.train.lora.weight_decay, p.train.textual_inversion.max_grad_norm) == (1e-2, 1.0)
+    assert p.aug.img2img.model_dump() == {"num_inference_steps": 20, "guidance_scale": 7.5}
+    assert p.aug.controlnet.model_dump() == {
+        "num_inference_steps": 20, "guidance_scale": 7.5, "model": "lllyasviel/sd-controlnet-canny",
+        "conditioning_scale": 1.0, "canny_low": 100, "canny_high": 200}
+    assert p.aug.background.model_dump() == {
+        "num_inference_steps": 30, "guidance_scale": 7.5, "kinds": ["solid", "noise", "stripes", "checker", "scene"]}
 
 
 def test_local_source_needs_a_path(smoke):
@@ -100,9 +141,10 @@ def test_stage_rejects_an_item_outside_the_grid(tmp_path, smoke):
 
 
 def test_schema_names_match_the_registries():
-    from dreamstudy.augment import STRATEGIES
-    from dreamstudy.methods import METHODS
-    from dreamstudy.params import METHODS as SCHEMA_METHODS, STRATEGIES as SCHEMA_STRATEGIES
+    from dreamstudy.augment import MODULES as STRATEGIES
+    from dreamstudy.methods import MODULES as METHODS
+    from dreamstudy.params import METHODS as SCHEMA_METHODS
+    from dreamstudy.params import STRATEGIES as SCHEMA_STRATEGIES
 
     assert sorted(SCHEMA_STRATEGIES) == sorted(STRATEGIES)
     assert sorted(SCHEMA_METHODS) == sorted(METHODS)
@@ -115,7 +157,7 @@ def test_stages_pause_the_collector_only_while_they_import():
         body = ast.parse(script.read_text()).body
         assert [ast.unparse(node) for node in body[1:3]] == ["import gc", "gc.disable()"], script.name
     probe = ("import gc; gc.disable(); from dreamstudy.cli import stage_args; "
-             "stage_args('probe', argv=[]); print(gc.isenabled())")
+             "stage_args('report', 'probe', argv=['--params', 'params.smoke.yaml']); print(gc.isenabled())")
     run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "True"
 
@@ -133,7 +175,7 @@ def test_the_ablation_baseline_is_not_a_graded_strategy(smoke):
 ])
 def test_ablation_cells(cell, outcome):
     probe = ("import sys; from dreamstudy.cli import stage_args; "
-             "args, _ = stage_args('probe', ('subject', 'strategy'), sys.argv[1:]); print('label', args.label)")
+             "args, _ = stage_args('augment', 'probe', sys.argv[1:]); print('label', args.label)")
     run = subprocess.run([sys.executable, "-c", probe, "--params", "params.smoke.yaml", "--study", "ablation",
                           "--subject", "dog", *cell], cwd=ROOT, capture_output=True, text=True)
     assert outcome in run.stdout + run.stderr

@@ -39,6 +39,7 @@ DIV = {"none": 0.2, "classic": 0.3}
 PRES = {"none": 0.5, "classic": 0.4}     # classic / backpack has no pres.jsonl: NaN
 PRES_BASE = {"dog": 0.45}                # backpack has no class images: NaN
 CI = (-0.010, +0.020)                    # every interval of stats.csv: mean - 0.010, mean + 0.020
+CONFIDENCE, ALPHA = 0.95, 0.05           # the gather's eval.confidence and eval.alpha, recorded in stats / tests
 REAL = {"dog": (0.8, 0.9), "backpack": (0.7, 0.85)}  # dino, clip_i among the real photos
 FIGURES = ["metrics", "dino_vs_clip_t", "breakdown", "overfitting", "memorization", "samples_dog",
            "samples_backpack"]
@@ -47,8 +48,9 @@ EXPECTED_FILES |= {f"tables/{name}.tex" for name in ["main", "overfitting", "bre
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-def make_results(root: Path, pretrained: bool = False, strategies: list[str] = STRATEGIES, model: str = SD15) -> Path:
-    """A results/ tree as the sample and evaluate stages write it."""
+def make_results(root: Path, pretrained: bool = False, strategies: list[str] = STRATEGIES, model: str = SD15,
+                 confidence: float = CONFIDENCE, alpha: float = ALPHA) -> Path:
+    """A results/ tree as the sample and gather stages write it."""
     per_image = make_samples(root, strategies, model)
     metrics = root / "metrics"
     metrics.mkdir()
@@ -66,13 +68,13 @@ def make_results(root: Path, pretrained: bool = False, strategies: list[str] = S
     per_subject.to_csv(metrics / "per_subject.csv", index=False)
     stats = (per_subject.melt(id_vars=["method", "strategy"], value_vars=list(STAT_METRICS), var_name="metric")
              .groupby(["method", "strategy", "metric"], sort=False)["value"].agg(["mean", "count"]).reset_index())
-    stats = stats.assign(ci_low=stats["mean"] + CI[0], ci_high=stats["mean"] + CI[1]).rename(
+    stats = stats.assign(ci_low=stats["mean"] + CI[0], ci_high=stats["mean"] + CI[1], confidence=confidence).rename(
         columns={"count": "n_subjects"})
     stats.to_csv(metrics / "stats.csv", index=False)
     if "none" in strategies:  # the evaluate stage tests only against a `none` in the grid
         pd.DataFrame([{"method": "lora", "strategy": "classic", "baseline": "none", "metric": metric,
                        "mean_diff": 0.1 if metric == "dino" else 0.0, "p_value": 0.01 if metric == "dino" else 0.5,
-                       "test": "wilcoxon", "n_subjects": 2, "significant": metric == "dino"}
+                       "test": "wilcoxon", "n_subjects": 2, "significant": metric == "dino", "alpha": alpha}
                       for metric in STAT_METRICS]).to_csv(metrics / "tests.csv", index=False)
     pd.DataFrame([{"subject": s, "dino": d, "clip_i": c} for s, (d, c) in REAL.items()]).to_csv(
         metrics / "real_images.csv", index=False)
@@ -250,7 +252,7 @@ def test_no_tests_without_a_none_baseline(tmp_path, header_only):
     results_dir = make_results(tmp_path / "results", strategies=["classic", "scale"])
     if header_only:  # as the evaluate stage writes it: the columns, no rows
         metrics(results_dir, "tests.csv").write_text("method,strategy,baseline,metric,mean_diff,p_value,test,"
-                                                     "n_subjects,significant,note\n")
+                                                     "n_subjects,significant,alpha,note\n")
     results = load(results_dir)
     assert results.tests.empty
     write_report(results, tmp_path / "paper")
@@ -295,6 +297,22 @@ def test_tiny_model_label_in_every_caption(tmp_path):
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
         assert TINY_MODEL_LABEL in tex.read_text()
     assert all(TINY_MODEL_LABEL in title for title in figure_titles(results))
+
+
+def test_captions_state_the_recorded_confidence_and_alpha(tmp_path):
+    """The levels come from stats.csv and tests.csv (the gather's eval.confidence, eval.alpha), not a 95% / 0.05
+    written into the report."""
+    results = load(make_results(tmp_path / "results", confidence=0.9, alpha=0.01))
+    write_report(results, tmp_path / "paper")
+    write_ablation_report(results, tmp_path / "ablation")
+    for text in [table(tmp_path / "paper", "main"), table(tmp_path / "paper", "overfitting"),
+                 (tmp_path / "ablation" / "ablation.tex").read_text()]:  # the tables with CIs and tests
+        assert r"90\% CI" in text and r"*: p \textless{} 0.01 against" in text
+    for tex in tmp_path.rglob("*.tex"):
+        assert r"95\%" not in tex.read_text() and r"p \textless{} 0.05" not in tex.read_text(), tex.name
+    interval_figures = [metrics_figure(results), overfitting_figure(results), strength_figure(results)]
+    assert all("90% CI" in figure.get_suptitle() for figure in interval_figures)
+    assert not any("95%" in title for title in figure_titles(results))
 
 
 # ---- figures ------------------------------------------------------------------------------------------------
@@ -419,6 +437,13 @@ def set_cell(name: str, column: str, value, row: int = 0):
     (lambda r: edit_csv(metrics(r, "stats.csv"), lambda t: t[t["metric"] != "pres"]), "stats.csv"),
     (lambda r: edit_csv(metrics(r, "real_images.csv"), lambda t: t.iloc[:1]), "real_images.csv"),
     (set_cell("per_image.csv", "memorized", True), "eval.memorization_threshold"),  # scored under another one
+    (lambda r: edit_csv(metrics(r, "stats.csv"), lambda t: t.drop(columns="confidence")),
+     "stats.csv: missing column(s) ['confidence']"),
+    (set_cell("stats.csv", "confidence", 0.9), "stats.csv: `confidence`"),  # not one level for all intervals
+    (lambda r: edit_csv(metrics(r, "stats.csv"), lambda t: t.assign(confidence=95)), "stats.csv: `confidence`"),
+    (lambda r: edit_csv(metrics(r, "tests.csv"), lambda t: t.drop(columns="alpha")),
+     "tests.csv: missing column(s) ['alpha']"),
+    (set_cell("tests.csv", "alpha", 0.01), "tests.csv: `alpha`"),
 ])
 def test_bad_input_names_the_file(tmp_path, damage, named):
     results_dir = make_results(tmp_path / "results")
@@ -448,7 +473,7 @@ def ablation_results(tmp_path):
     root = make_results(tmp_path / "results", strategies=ABLATION_LABELS)
     pd.DataFrame([{"method": "lora", "strategy": label, "baseline": "none", "metric": metric, "mean_diff": 0.1,
                    "p_value": 0.01 if (label, metric) == ("scale@1.0", "dino") else 0.5, "test": "wilcoxon",
-                   "n_subjects": 2, "significant": (label, metric) == ("scale@1.0", "dino")}
+                   "n_subjects": 2, "significant": (label, metric) == ("scale@1.0", "dino"), "alpha": ALPHA}
                   for label in ABLATION_LABELS[1:] for metric in STAT_METRICS]).to_csv(
         root / "metrics" / "tests.csv", index=False)
     return load(root)

@@ -1,4 +1,5 @@
-"""Checkpoints: a run stopped at any step and started again ends with the same weights, bit for bit."""
+"""Checkpoints: a run stopped at any step and started again ends with the same weights, bit for bit, and so
+does one checkpointed at another interval."""
 
 import hashlib
 
@@ -21,7 +22,7 @@ def examples(tmp_path_factory):
     return noise_examples(tmp_path_factory.mktemp("images"), 3, seed=1, size=32)
 
 
-def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3):
+def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3, every=2):
     method, schedule = get_method("lora", smoke_train_params(lora={"steps": STEPS, "batch_size": 2}))
     parts = load_components("tiny")
     losses = []
@@ -33,7 +34,7 @@ def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3):
 
     try:
         train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=32, seed=seed,
-              checkpointing=Checkpointing(checkpoints, every=2, fingerprint=fingerprint), log=log)
+              checkpointing=Checkpointing(checkpoints, every=every, fingerprint=fingerprint), log=log)
     except Killed:
         return None, losses
     out.mkdir()
@@ -65,3 +66,9 @@ def test_checkpoint_of_another_run_is_not_resumed(examples, uninterrupted, tmp_p
     run(examples, tmp_path / "out", tmp_path / "ckpt", kill_at=4, fingerprint="other settings", seed=4)
     digest, _ = run(examples, tmp_path / "out", tmp_path / "ckpt")
     assert digest == uninterrupted[0]
+
+
+def test_the_checkpoint_interval_leaves_the_weights_unchanged(examples, uninterrupted, tmp_path):
+    """Why train.checkpoint_every is no dependency of the train stage (dreamstudy.dag)."""
+    for every in (1, STEPS + 1):
+        assert run(examples, tmp_path / f"out{every}", tmp_path / f"ckpt{every}", every=every) == uninterrupted

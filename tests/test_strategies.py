@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from tests.helpers import noise_image
-from dreamstudy.augment import STRATEGIES, Augmented, Context, augment_subject, get_strategy
+from dreamstudy.augment import Augmented, Context, augment_subject, get_strategy
 from dreamstudy.augment import background as bg
+from dreamstudy.augment.registry import STRATEGIES
 from dreamstudy.augment.scale import CANVAS, FAR, NEAR
 from dreamstudy.augment.specialist import OPS
 from dreamstudy.io import read_jsonl
+from dreamstudy.params import BACKGROUNDS, BackgroundParams
+from tests.helpers import noise_image
 
 CAPTION = "a photo of sks dog"
+# No generated scenes (the tiny model on 2 shared CPU cores is the slow part)
+PROCEDURAL = BackgroundParams(kinds=[k for k in BACKGROUNDS if k != "scene"])
 
 
 def context(strength, num_per_image, seed=0, **kw):
@@ -45,8 +49,8 @@ def disc(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["scale", "specialist", "background", "mix"])
-def test_other_seed_other_images(noise, strategy, procedural):
-    ctx = dict(strength=1.0, num_per_image=4, mix={"scale": 1.0, "specialist": 1.0})
+def test_other_seed_other_images(noise, strategy):
+    ctx = dict(strength=1.0, num_per_image=4, mix={"scale": 1.0, "specialist": 1.0}, background=PROCEDURAL)
     a, b = (get_strategy(strategy)([noise], context(seed=seed, **ctx))[0] for seed in (1, 2))
     assert any(not np.array_equal(array(u.image), array(v.image)) for u, v in zip(a, b))
 
@@ -134,9 +138,9 @@ def test_specialist_captions_carry_the_op(tmp_path, disc):
 
 # background
 
-def test_background_subject_mask_is_saved_and_covers_the_disc(tmp_path, disc, procedural):
+def test_background_subject_mask_is_saved_and_covers_the_disc(tmp_path, disc):
     path, inside = disc
-    augment_subject([path], strategy="background", context=context(1.0, 3), caption=CAPTION,
+    augment_subject([path], strategy="background", context=context(1.0, 3, background=PROCEDURAL), caption=CAPTION,
                     out_dir=tmp_path / "set")
     rows = [r for r in read_jsonl(tmp_path / "set" / "captions.jsonl") if r["augmented"]]
     assert len(rows) == 3
@@ -166,31 +170,50 @@ def test_background_falls_back_to_the_centre_box():
     assert found[4:46, 4:46].all() and not found[:4].any() and not found[:, 46:].any()
 
 
-@pytest.fixture
-def procedural(monkeypatch):
-    """No generated scenes (the tiny model on 2 shared CPU cores is the slow part)."""
-    monkeypatch.setattr(bg, "KINDS", tuple(k for k in bg.KINDS if k != "scene"))
-
-
-@pytest.mark.parametrize("kind", bg.KINDS)
-def test_background_kinds_replace_the_background(monkeypatch, disc, kind):
-    monkeypatch.setattr(bg, "KINDS", (kind,))
-    monkeypatch.setattr(bg, "SCENE_STEPS", 4)  # the wiring, not the picture, is under test
-    path, inside = disc
-    original = np.asarray(Image.open(path))
-    runs = [get_strategy("background")([Image.open(path).convert("RGB")], context(1.0, 1, seed=s))[0]
-            for s in (0, 0, 1)]
-    assert all(np.array_equal(array(u.image), array(v.image)) for u, v in zip(runs[0], runs[1]))
+def far_from(inside: np.ndarray) -> np.ndarray:
     far = np.ones_like(inside)
     far[8:56, 8:56] = False  # well outside the disc and its feathered edge
+    return far
+
+
+@pytest.mark.parametrize("kind", BACKGROUNDS)
+def test_background_kinds_replace_the_background(disc, kind):
+    only = BackgroundParams(kinds=[kind], num_inference_steps=4)  # the wiring, not the picture, is under test
+    path, inside = disc
+    original = np.asarray(Image.open(path))
+    runs = [get_strategy("background")([Image.open(path).convert("RGB")], context(1.0, 1, seed=s, background=only))[0]
+            for s in (0, 0, 1)]
+    assert all(np.array_equal(array(u.image), array(v.image)) for u, v in zip(runs[0], runs[1]))
+    far = far_from(inside)
     for v in runs[0] + runs[2]:
         assert v.subject_mask is not None and not np.array_equal(array(v.image)[far], original[far])
     assert not np.array_equal(array(runs[0][0].image), array(runs[2][0].image))
 
 
-def test_background_share_follows_strength(disc, procedural):
+def test_background_draws_only_its_kinds(disc):
+    path, inside = disc
+    image, far = Image.open(path).convert("RGB"), far_from(inside)
+
+    def one_colour(kinds: list[str]) -> list[bool]:
+        """Whether each of 8 new backgrounds drawn from `kinds` is a single colour."""
+        variants = get_strategy("background")([image], context(1.0, 8, background=BackgroundParams(kinds=kinds)))
+        return [len(np.unique(array(v.image)[far], axis=0)) == 1 for v in variants[0]]
+
+    assert all(one_colour(["solid"])) and not any(one_colour(["noise", "stripes", "checker"]))
+
+
+@pytest.mark.parametrize("change", [{"num_inference_steps": 5}, {"guidance_scale": 2.0}])
+def test_background_scene_settings_change_the_scenes(disc, change):
+    scenes = BackgroundParams(kinds=["scene"], num_inference_steps=4)
     image = Image.open(disc[0]).convert("RGB")
-    variants = get_strategy("background")([image], context(0.5, 200))[0]
+    a, b = (get_strategy("background")([image], context(1.0, 2, background=s))[0]
+            for s in (scenes, scenes.model_copy(update=change)))
+    assert not any(np.array_equal(array(u.image), array(v.image)) for u, v in zip(a, b))
+
+
+def test_background_share_follows_strength(disc):
+    image = Image.open(disc[0]).convert("RGB")
+    variants = get_strategy("background")([image], context(0.5, 200, background=PROCEDURAL))[0]
     kept = [v for v in variants if v.subject_mask is None]
     assert 0.4 < len(kept) / len(variants) < 0.6
     assert all(np.array_equal(array(v.image), array(image)) for v in kept)
@@ -210,7 +233,7 @@ def fakes(monkeypatch):
         return strategy
 
     for name in "abc":
-        monkeypatch.setitem(STRATEGIES, name, fake(name))
+        monkeypatch.setitem(STRATEGIES, name, (fake(name), ()))
     return calls
 
 

@@ -1,8 +1,7 @@
 """Textual Inversion and Custom Diffusion on the tiny model: only the placeholder's embedding row (and,
-for Custom Diffusion, the cross-attention K/V) change; the artefacts load into a stock pipeline, which
-then renders what the trained model renders; bad placeholder tokens are refused before training."""
+for Custom Diffusion, the cross-attention K/V) change, and the artefacts hold just those (round trips:
+tests/test_roundtrip.py); bad placeholder tokens are refused before training."""
 
-import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -17,7 +16,6 @@ from dreamstudy.models.loading import load_components, resolve_pretrained
 from tests.helpers import noise_examples, smoke_train_params
 
 RESOLUTION = 32
-PROMPT = "a photo of <sks> dog"
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +57,6 @@ def stock_pipeline():
     return pipe
 
 
-def pipeline_of(parts):
-    """The trained components themselves as a pipeline (the reference a loaded artefact must match)."""
-    pipe = stock_pipeline()
-    pipe.register_modules(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, unet=parts.unet)
-    return pipe
-
-
-def render(pipe):
-    return pipe(PROMPT, height=RESOLUTION, width=RESOLUTION, num_inference_steps=2,
-                generator=torch.Generator().manual_seed(0), output_type="np").images[0]
-
-
 def embedding(parts):
     return parts.text_encoder.get_input_embeddings().weight.detach()
 
@@ -110,16 +96,10 @@ def test_placeholder_starts_as_the_class_tokens_mean_and_alone_gets_gradient():
     assert grad[learned.id].abs().sum() > 0 and not grad[:learned.id].any()
 
 
-def test_ti_artefact_loads_with_stock_load_textual_inversion(ti):
+def test_ti_artefact_is_the_placeholders_row_under_its_token(ti):
     _, parts, folder = ti
-    weights = load_file(folder / EMBEDS)
-    assert list(weights) == ["<sks>"] and weights["<sks>"].shape == (1, embedding(parts).shape[1])
-    pipe = stock_pipeline()
-    before = render(pipe)
-    pipe.load_textual_inversion(folder, weight_name=EMBEDS)
-    after = render(pipe)
-    assert np.abs(after - before).max() > 1e-3
-    assert np.array_equal(after, render(pipeline_of(parts)))
+    weights, row = load_file(folder / EMBEDS), embedding(parts)[parts.tokenizer.convert_tokens_to_ids("<sks>")]
+    assert weights.keys() == {"<sks>"} and torch.equal(weights["<sks>"], row[None])  # [1, D] as textual_inversion.py
 
 
 def test_bad_placeholders_are_refused_before_any_model_loads(ti):
@@ -154,17 +134,6 @@ def test_cd_trains_only_cross_attention_kv_and_the_placeholder_row(cd, original)
     loaded = pipe.unet.state_dict()
     assert {k for k in before if not torch.equal(loaded[k], before[k])} == cross_kv
     assert_only_placeholder_row_changed(pipe, original, class_row(original))
-
-
-def test_cd_artefact_round_trips_into_a_stock_pipeline(cd):
-    method, parts, folder = cd
-    pipe = stock_pipeline()
-    before = render(pipe)
-    method.load_into(pipe, folder)
-    after = render(pipe)
-    assert np.abs(after - before).max() > 1e-3
-    # The default attention processor with the loaded K/V computes what the training processors do.
-    np.testing.assert_allclose(after, render(pipeline_of(parts)), atol=1e-5)
 
 
 def test_cd_cpu_training_is_bit_reproducible(cd, examples, tmp_path):

@@ -1,5 +1,5 @@
-"""What every stage CLI shares: `--params`, the study and grid cell it works on, and validation of both
-before any model loads."""
+"""What every stage CLI shares: `--params`, the study and grid cell it works on, validation of both before
+any model loads, and the view of params that the stage may read (dreamstudy.dag)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import gc
 import sys
 from pathlib import Path
 
+from dreamstudy.dag import KINDS, ParamsView, view
 from dreamstudy.layout import BASELINE, STUDIES, Layout, strategy_label
-from dreamstudy.params import Params, ParamsError, load_params
+from dreamstudy.params import ParamsError, load_params
 
 # grid item -> the params list it must belong to, per study
 GRIDS = {
@@ -21,15 +22,17 @@ GRIDS = {
 }
 
 
-def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
-               paths: dict[str, str] | None = None) -> tuple[argparse.Namespace, Params]:
-    """Parse the stage's arguments and params.yaml; exit with a message naming the bad key or item.
+def stage_args(kind: str, description: str, argv=None,
+               paths: dict[str, str] | None = None) -> tuple[argparse.Namespace, ParamsView]:
+    """Parse the arguments of a `kind` stage (dreamstudy.dag.KINDS) and params.yaml; exit with a message naming
+    the bad key or item.
 
-    `items` name the grid cell the stage works on (--subject ...); `paths` are folders with defaults.
-    With `--study ablation` the cell comes from the `ablation` section and takes a `--strength`, except
-    for its baseline (`none`, the original images, trained once per subject); the result carries `layout`
-    (where to read and write), `strength` (the cell's aug.strength) and `label` (the strategy's folder
-    name, with its strength in the ablation).
+    The whole of params.yaml is validated, but the stage gets a view of the keys it declares only. Its grid
+    cell (--subject ...) is the kind's; `paths` are folders with defaults. With `--study ablation` the cell
+    comes from the `ablation` section and takes a `--strength`, except for its baseline (`none`, the original
+    images, trained once per subject); the result carries `layout` (where to read and write), `strength`
+    (the ablation cell's aug.strength, else None) and `label` (the strategy's folder name, with its strength
+    in the ablation).
 
     Every stage script turns the garbage collector off before its imports: torch, diffusers and
     transformers allocate hundreds of thousands of objects while importing, and the collector's passes
@@ -43,6 +46,7 @@ def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--study", choices=STUDIES, default="main", help="main study or the ablation grid")
     parser.add_argument("--strength", type=float, help="the ablation cell's aug.strength (--study ablation)")
+    items = KINDS[kind].cell
     for item in items:
         parser.add_argument(f"--{item}", required=True)
     for name, default in (paths or {}).items():
@@ -67,6 +71,5 @@ def stage_args(description: str, items: tuple[str, ...] = (), argv=None,
     args.layout = Layout(args.study)
     if "strategy" in items:
         args.label = strategy_label(args.strategy, args.strength)
-    if args.strength is None:
-        args.strength = params.aug.strength
-    return args, params
+    by = KINDS[kind].by
+    return args, view(params, args.study, kind, getattr(args, by) if by else None)

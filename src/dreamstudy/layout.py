@@ -3,6 +3,7 @@ folders, its strategies labelled with their strength ("classic@0.5"), so one set
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,16 @@ class Layout:
     def augmented(self, strategy: str, subject: str) -> Path:
         return self._path("data", "augmented", strategy, subject)
 
+    def class_priors(self, subject: str) -> Path:
+        """The base model's "a photo of a {class}" images for `subject`'s class (one folder per subject, so that
+        a subject's stages depend on its class's images alone; subjects of one class get identical images)."""
+        return self._path("data", "class_priors", subject)
+
+    def prior_set(self, method: str, subject: str) -> Path:
+        """What a run's prior preservation trains with: the class images' hashes and the loss weight, or
+        nothing when its method has none (then priors settings never rerun its training)."""
+        return self._path("data", "prior_sets", method, f"{subject}.json")
+
     def contact_sheet(self, strategy: str, subject: str) -> Path:
         return self._path("results", "augment", strategy, f"{subject}.png")
 
@@ -47,6 +58,10 @@ class Layout:
 
     def train_log(self, method: str, strategy: str, subject: str) -> Path:
         return self._path("results", "train", self.run(method, strategy, subject))
+
+    def scores(self, method: str, strategy: str, subject: str) -> Path:
+        """One run's per-image scores, DIV, PRES and the subject's real-image row (the evaluate stage)."""
+        return self._path("results", "scores", self.run(method, strategy, subject))
 
     @property
     def samples_root(self) -> Path:
@@ -69,9 +84,9 @@ class Layout:
 
 
 DATASET = Path("data/dreambench")
-CLASS_PRIORS = Path("data/class_priors")
 
 
-def class_folder(root: str | Path, class_name: str) -> Path:
-    """Where the class_priors stage puts the class images of `class_name` ("stuffed animal" -> stuffed_animal)."""
-    return Path(root) / class_name.replace(" ", "_")
+def cache_dir() -> Path:
+    """What is built or downloaded once per machine (models, DreamBench's archive, embeddings): outside the
+    repository, so DVC never tracks it; $DREAMSTUDY_CACHE, else ~/.cache/dreamstudy."""
+    return Path(os.environ.get("DREAMSTUDY_CACHE", "~/.cache/dreamstudy")).expanduser()

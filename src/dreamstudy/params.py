@@ -22,6 +22,7 @@ METHODS = ("dreambooth", "lora", "textual_inversion", "custom_diffusion")
 STRATEGIES = ("none", "classic", "scale", "background", "img2img", "controlnet", "specialist", "mix")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 SOURCES = ("github", "local", "embedded")
+BACKGROUNDS = ("solid", "noise", "stripes", "checker", "scene")  # augment/background.py's kinds
 DREAMBENCH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
 
 
@@ -78,12 +79,53 @@ class ModelParams(Section):
         return value
 
 
+class GenerationParams(Section):
+    """A generative strategy's denoising, with the base model's own scheduler (PNDM for SD 1.x)."""
+
+    num_inference_steps: PositiveInt = Field(
+        20, description="denoising steps of a full schedule (img2img runs the last strength x of them)")
+    guidance_scale: Annotated[float, Field(ge=0)] = Field(7.5, description="classifier-free guidance scale")
+
+
+class ControlNetParams(GenerationParams):
+    model: str = Field("lllyasviel/sd-controlnet-canny",
+                       description="hub id or diffusers folder of a Canny ControlNet for model.pretrained "
+                                   "(with model.pretrained: tiny, the built-in tiny one, whatever this says)")
+    conditioning_scale: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the ControlNet's residuals")
+    canny_low: Annotated[int, Field(ge=0)] = Field(
+        100, description="Canny's lower hysteresis threshold, on the gradient of 8-bit grey levels")
+    canny_high: Annotated[int, Field(ge=0)] = Field(
+        200, description="Canny's upper hysteresis threshold: edges start above it, continue above canny_low")
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> ControlNetParams:
+        if self.canny_low >= self.canny_high:
+            raise ValueError(f"canny_low ({self.canny_low}) must be below canny_high ({self.canny_high})")
+        return self
+
+
+class BackgroundParams(GenerationParams):
+    num_inference_steps: PositiveInt = Field(30, description="denoising steps of a generated scene")
+    kinds: list[Literal[BACKGROUNDS]] = Field(
+        default_factory=lambda: list(BACKGROUNDS), description="new backgrounds, drawn uniformly from these")
+
+    @field_validator("kinds")
+    @classmethod
+    def _distinct(cls, kinds: list[str]) -> list[str]:
+        return _distinct(kinds)
+
+
 class AugParams(Section):
     strategies: list[Literal[STRATEGIES]] = Field(description="augmentation strategies of the study (DAG shape)")
     strength: Annotated[float, Field(ge=0, le=1)] = Field(description="0 = originals, 1 = strongest")
     num_per_image: Annotated[int, Field(ge=0)] = Field(4, description="augmented images per original")
     mix: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: {"classic": 1.0}, description="strategy -> weight, for the `mix` strategy")
+    img2img: GenerationParams = Field(default_factory=GenerationParams, description="`img2img`'s denoising")
+    controlnet: ControlNetParams = Field(
+        default_factory=ControlNetParams, description="`controlnet`'s ControlNet, edge maps and denoising")
+    background: BackgroundParams = Field(
+        default_factory=BackgroundParams, description="`background`'s new backgrounds and generated scenes")
 
     @field_validator("mix")
     @classmethod
@@ -100,6 +142,10 @@ class MethodParams(Section):
     steps: PositiveInt = Field(description="optimizer steps")
     batch_size: PositiveInt = Field(1, description="instance images per step (as many class images join)")
     prior_preservation: bool = Field(False, description="add the class-prior loss (needs priors.num_images > 0)")
+    # Per method, as diffusers' scripts have them (all default to these, but textual_inversion.py clips nothing)
+    weight_decay: Annotated[float, Field(ge=0)] = Field(1e-2, description="AdamW's (decoupled) weight decay")
+    max_grad_norm: PositiveFloat | None = Field(
+        1.0, description="clip the gradients' total norm to this before each step; null = no clipping")
 
 
 class DreamBoothParams(MethodParams):
@@ -191,6 +237,10 @@ class EvalParams(Section):
     batch_size: PositiveInt = Field(32, description="images per encoder call")
     memorization_threshold: Annotated[float, Field(gt=0, le=1)] = Field(
         0.9, description="DINO similarity to a training image above which a sample counts as a copy")
+    bootstrap_samples: PositiveInt = Field(2000, description="hierarchical bootstrap replicates per interval")
+    confidence: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="coverage of the bootstrap intervals")
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.05, description="tests against `none`: significant where p < alpha (uncorrected)")
 
 
 class Params(Section):

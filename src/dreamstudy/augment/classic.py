@@ -8,7 +8,7 @@ rotation up to 30 s degrees, brightness/contrast/saturation +- 0.4 s and hue +- 
 import torch
 from torchvision.transforms import v2
 
-from dreamstudy.augment.registry import Augmented, Context, register
+from dreamstudy.augment.registry import GRADED, Augmented, Context, register
 
 
 def classic_transform(size: int, strength: float) -> v2.Compose:
@@ -21,7 +21,7 @@ def classic_transform(size: int, strength: float) -> v2.Compose:
     ])
 
 
-@register("classic")
+@register("classic", reads=GRADED)
 def classic(images, ctx: Context) -> list[list[Augmented]]:
     # torchvision v2 draws from torch's global generator: fork it so the caller's state is untouched.
     with torch.random.fork_rng(devices=[]):

@@ -1,9 +1,9 @@
 """`controlnet`: the subject's Canny edges, rendered by a Canny ControlNet in new contexts.
 
-Each original, resized to `ctx.resolution`, gives a Canny edge map (cv2.Canny, hysteresis thresholds
-100 / 200 on 8-bit grey levels, as in the ControlNet and diffusers Canny examples) that conditions
-StableDiffusionControlNetPipeline at full conditioning scale, with a context prompt from
-prompts/contexts.txt ("a photo of a {class} in the snow"): the subject's outline in a new scene.
+Each original, resized to `ctx.resolution`, gives a Canny edge map (cv2.Canny on 8-bit grey levels; its
+hysteresis thresholds default to 100 / 200, as in the ControlNet and diffusers Canny examples) that
+conditions StableDiffusionControlNetPipeline (at full conditioning scale by default), with a context prompt
+from prompts/contexts.txt ("a photo of a {class} in the snow"): the subject's outline in a new scene.
 
 strength = the share of each original's `num_per_image` augmentations that are generated, the others
 being copies of the original: strength x num_per_image of them, rounded stochastically (exact when it is
@@ -13,8 +13,9 @@ only, as in `background`. (Lowering the conditioning scale instead would make st
 text-to-image of the class, no longer the subject.)
 No caption tags, as for `img2img`; generated images are at `ctx.resolution`.
 
-ControlNet: `lllyasviel/sd-controlnet-canny` for SD 1.x, or the built-in random-init tiny one when
-`model.pretrained` is "tiny" (models/tiny_controlnet.py).
+ControlNet, thresholds, conditioning scale and denoising: `ctx.controlnet` (aug.controlnet); the ControlNet
+is the built-in random-init tiny one when `model.pretrained` is "tiny" (models/tiny_controlnet.py), whatever
+aug.controlnet.model says, since only it fits the tiny UNet.
 """
 
 from __future__ import annotations
@@ -27,17 +28,14 @@ import numpy as np
 from diffusers import StableDiffusionControlNetPipeline
 from PIL import Image
 
-from dreamstudy.augment.generative import GUIDANCE_SCALE, base_pipeline, draw_prompts, fit, generators, steps
+from dreamstudy.augment.generative import GENERATIVE, base_pipeline, draw_prompts, fit, generators
 from dreamstudy.augment.registry import Augmented, Context, register
 from dreamstudy.models.loading import TINY
 from dreamstudy.models.tiny_controlnet import load_controlnet
 from dreamstudy.seeding import derive_seed
 
-CONTROLNET = "lllyasviel/sd-controlnet-canny"
-CANNY_LOW, CANNY_HIGH = 100, 200
 
-
-def canny_edges(image: Image.Image, low: int = CANNY_LOW, high: int = CANNY_HIGH) -> Image.Image:
+def canny_edges(image: Image.Image, low: int, high: int) -> Image.Image:
     """White-on-black Canny edges as an RGB image, the control image Canny ControlNets were trained on."""
     edges = cv2.Canny(np.asarray(image.convert("L")), low, high)
     return Image.fromarray(np.stack([edges] * 3, axis=-1))
@@ -51,9 +49,9 @@ def generated_count(strength: float, num_per_image: int, rng: np.random.Generato
 
 
 @functools.cache
-def controlnet_pipeline(pretrained: str) -> StableDiffusionControlNetPipeline:
+def controlnet_pipeline(pretrained: str, controlnet_model: str) -> StableDiffusionControlNetPipeline:
     base = base_pipeline(pretrained)
-    controlnet = load_controlnet(TINY if pretrained == TINY else CONTROLNET,
+    controlnet = load_controlnet(TINY if pretrained == TINY else controlnet_model,
                                  torch_dtype=base.dtype, device=base.device)
     # from_pipe shares the base weights; its own scheduler keeps its state out of the other pipelines'.
     pipe = StableDiffusionControlNetPipeline.from_pipe(
@@ -62,19 +60,21 @@ def controlnet_pipeline(pretrained: str) -> StableDiffusionControlNetPipeline:
     return pipe
 
 
-@register("controlnet")
+@register("controlnet", reads=(*GENERATIVE, "aug.controlnet"))
 def controlnet(images, ctx: Context) -> list[list[Augmented]]:
+    settings = ctx.controlnet
     out = []
     for i, image in enumerate(images):
         k = generated_count(ctx.strength, ctx.num_per_image,
                             np.random.default_rng(derive_seed(ctx.seed, "controlnet", "share", i)))
         rendered = []
         if k:
-            pipe = controlnet_pipeline(ctx.pretrained)
-            rendered = pipe(prompt=draw_prompts(ctx, "controlnet", i)[:k],
-                            image=[canny_edges(fit(image, ctx.resolution))] * k,
+            pipe = controlnet_pipeline(ctx.pretrained, settings.model)
+            edges = canny_edges(fit(image, ctx.resolution), settings.canny_low, settings.canny_high)
+            rendered = pipe(prompt=draw_prompts(ctx, "controlnet", i)[:k], image=[edges] * k,
                             height=ctx.resolution, width=ctx.resolution,
-                            num_inference_steps=steps(ctx.pretrained), guidance_scale=GUIDANCE_SCALE,
+                            num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                            controlnet_conditioning_scale=settings.conditioning_scale,
                             generator=generators(ctx, "controlnet", i)[:k]).images
         copies = [Augmented(image.copy()) for _ in range(ctx.num_per_image - k)]
         out.append([Augmented(r) for r in rendered] + copies)

@@ -1,7 +1,6 @@
 """What the strategies that generate (background scenes, img2img, ControlNet) share: the base model, loaded
 once per process and shared, since `mix` may call several such strategies in one stage; seeded generators;
-and, for the two that re-render the originals (img2img, ControlNet), their context prompts, schedule length
-and framing."""
+and, for the two that re-render the originals (img2img, ControlNet), their context prompts and framing."""
 
 from __future__ import annotations
 
@@ -13,13 +12,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageOps
 
-from dreamstudy.augment.registry import Context
-from dreamstudy.models.loading import TINY, load_pipeline
+from dreamstudy.augment.registry import GRADED, Context
+from dreamstudy.models.loading import load_pipeline
 from dreamstudy.seeding import derive_seed
 
-STEPS = 20          # denoising schedule at paper scale; img2img runs about strength x STEPS of it
-TINY_STEPS = 4      # the random-init tiny model learns nothing from more steps
-GUIDANCE_SCALE = 7.5
+GENERATIVE = (*GRADED, "model.pretrained", "model.resolution")  # what a strategy that draws images reads
 
 
 def context_prompts() -> list[str]:
@@ -39,10 +36,6 @@ def draw_prompts(ctx: Context, strategy: str, index: int) -> list[str]:
 def generators(ctx: Context, strategy: str, index: int) -> list:
     """One generator per augmentation of original `index`: its pixels depend on nothing else."""
     return [generator(derive_seed(ctx.seed, strategy, index, k)) for k in range(ctx.num_per_image)]
-
-
-def steps(pretrained: str) -> int:
-    return TINY_STEPS if pretrained == TINY else STEPS
 
 
 def fit(image: Image.Image, resolution: int) -> Image.Image:

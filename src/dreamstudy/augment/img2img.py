@@ -7,7 +7,7 @@ without calling the model: diffusers 0.42 accepts it but runs zero denoising ste
 round-trips the image through the VAE, which is lossy, not the identity.
 
 No caption tags: the subject stays the subject (SDEdit keeps the original's layout and colours);
-augmentations are at `ctx.resolution`.
+augmentations are at `ctx.resolution`. Schedule length and guidance: `ctx.img2img` (aug.img2img).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 
 from diffusers import StableDiffusionImg2ImgPipeline
 
-from dreamstudy.augment.generative import GUIDANCE_SCALE, base_pipeline, draw_prompts, fit, generators, steps
+from dreamstudy.augment.generative import GENERATIVE, base_pipeline, draw_prompts, fit, generators
 from dreamstudy.augment.registry import Augmented, Context, register
 
 
@@ -37,17 +37,18 @@ def img2img_pipeline(pretrained: str) -> StableDiffusionImg2ImgPipeline:
     return pipe
 
 
-@register("img2img")
+@register("img2img", reads=(*GENERATIVE, "aug.img2img"))
 def img2img(images, ctx: Context) -> list[list[Augmented]]:
     if ctx.strength == 0 or ctx.num_per_image == 0:
         return [[Augmented(image.copy()) for _ in range(ctx.num_per_image)] for image in images]
     pipe = img2img_pipeline(ctx.pretrained)
-    schedule = img2img_steps(ctx.strength, steps(ctx.pretrained), pipe.scheduler.config.num_train_timesteps)
+    settings = ctx.img2img
+    schedule = img2img_steps(ctx.strength, settings.num_inference_steps, pipe.scheduler.config.num_train_timesteps)
     out = []
     for i, image in enumerate(images):
         start = [fit(image, ctx.resolution)] * ctx.num_per_image
         rendered = pipe(prompt=draw_prompts(ctx, "img2img", i), image=start,
-                        strength=ctx.strength, num_inference_steps=schedule, guidance_scale=GUIDANCE_SCALE,
+                        strength=ctx.strength, num_inference_steps=schedule, guidance_scale=settings.guidance_scale,
                         generator=generators(ctx, "img2img", i)).images
         out.append([Augmented(r) for r in rendered])
     return out

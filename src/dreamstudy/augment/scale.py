@@ -11,7 +11,7 @@ ranges ([size/3, size], 1.2-1.4x); at s = 0 every image comes back unchanged, un
 import numpy as np
 from PIL import Image
 
-from dreamstudy.augment.registry import Augmented, Context, register
+from dreamstudy.augment.registry import GRADED, Augmented, Context, register
 from dreamstudy.seeding import derive_seed
 
 FAR = ("a far away", "very small")
@@ -52,7 +52,7 @@ def zoom(image: Image.Image, strength: float, rng: np.random.Generator) -> Augme
     return zoom_in(image, 1 + rng.uniform(0.2, 0.4) * strength, rng)
 
 
-@register("scale")
+@register("scale", reads=GRADED)
 def scale(images, ctx: Context) -> list[list[Augmented]]:
     rngs = [np.random.default_rng(derive_seed(ctx.seed, "scale", i)) for i in range(len(images))]
     return [[zoom(image, ctx.strength, rng) for _ in range(ctx.num_per_image)] for image, rng in zip(images, rngs)]

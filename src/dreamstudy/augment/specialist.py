@@ -13,7 +13,7 @@ import math
 import numpy as np
 from torchvision.transforms.v2 import functional as F
 
-from dreamstudy.augment.registry import Augmented, Context, register
+from dreamstudy.augment.registry import GRADED, Augmented, Context, register
 from dreamstudy.seeding import derive_seed
 
 # caption word -> op(image, strength)
@@ -36,7 +36,7 @@ def specialist_op(image, strength: float, rng: np.random.Generator) -> Augmented
     return Augmented(OPS[word](image, strength), (word,))
 
 
-@register("specialist")
+@register("specialist", reads=GRADED)
 def specialist(images, ctx: Context) -> list[list[Augmented]]:
     rngs = [np.random.default_rng(derive_seed(ctx.seed, "specialist", i)) for i in range(len(images))]
     return [[specialist_op(image, ctx.strength, rng) for _ in range(ctx.num_per_image)]

@@ -1,4 +1,4 @@
-"""DreamBench from GitHub, a local copy or the embedded copy: verified, normalised, and read back.
+"""DreamBench from GitHub, a local copy or the embedded copy: verified and normalised (data.dataset reads it back).
 
 Every source goes through the same checks (layout, sha256 of every file, full decode of every image)
 and yields the same output: images/{subject}/{NN}.png, manifest.json, prompts.json and the licence
@@ -8,14 +8,13 @@ files. The output folder appears only when all of it is written (atomic_dir).
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps
 
 from dreamstudy.data.checksums import read_sha256_list, sha256_bytes
-from dreamstudy.data.dreambench import SUBJECTS, DataError, Prompt, is_live, parse_prompts_and_classes
+from dreamstudy.data.dreambench import SUBJECTS, DataError, is_live, parse_prompts_and_classes
 from dreamstudy.data.github import github_dataset
 from dreamstudy.io import atomic_dir, write_json
 from dreamstudy.params import DREAMBENCH_COMMIT, SOURCES
@@ -29,23 +28,6 @@ EMBEDDED_SHA256 = EMBEDDED_DIR / "SHA256SUMS"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 PROMPTS_FILE = "prompts_and_classes.txt"
 LICENCE_FILES = ("LICENSE.md", "references_and_licenses.txt")  # CC-BY 4.0: keep them with any copy
-
-
-@dataclass(frozen=True)
-class Subject:
-    name: str
-    class_name: str
-    live: bool
-    images: list[Path]  # normalised PNGs, sorted
-    prompts: list[Prompt]  # the live or the object list: 25 prompts
-
-
-@dataclass(frozen=True)
-class DreamBench:
-    root: Path
-    source: str
-    image_size: int
-    subjects: dict[str, Subject]
 
 
 def fetch_dreambench(source: str, out_dir: str | Path, *, image_size: int,
@@ -69,22 +51,6 @@ def fetch_dreambench(source: str, out_dir: str | Path, *, image_size: int,
                                                "image_size": image_size, "subjects": subjects})
         write_json(staging / "prompts.json", {kind: [asdict(prompt) for prompt in prompt_list]
                                               for kind, prompt_list in prompts.items()})
-
-
-def load_dataset(out_dir: str | Path) -> DreamBench:
-    """Read the normalised DreamBench that `fetch_dreambench` wrote to `out_dir`."""
-    root = Path(out_dir)
-    manifest = _read_json(root / "manifest.json")
-    prompts = {kind: [Prompt(**row) for row in rows] for kind, rows in _read_json(root / "prompts.json").items()}
-    subjects = {}
-    for entry in manifest["subjects"]:
-        images = [root / file["file"] for file in entry["files"]]
-        for image in images:
-            if not image.is_file():
-                raise DataError(f"{image}: listed in {root / 'manifest.json'} but missing; run fetch_data again")
-        subjects[entry["name"]] = Subject(entry["name"], entry["class"], entry["kind"] == "live", images,
-                                          prompts[entry["kind"]])
-    return DreamBench(root, manifest["source"], manifest["image_size"], subjects)
 
 
 def _locate(source: str, local_path, cache_dir) -> tuple[Path, Path]:
@@ -164,12 +130,3 @@ def _decode(data: bytes, path: Path) -> Image.Image:
             return ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: corrupt or truncated image ({err})") from None
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file; run the fetch_data stage first (dvc repro fetch_data)") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from None

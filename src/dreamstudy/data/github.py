@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from dreamstudy import layout
 from dreamstudy.data.dreambench import DataError
 from dreamstudy.io import atomic_dir, atomic_file
 from dreamstudy.params import DREAMBENCH_COMMIT
@@ -19,8 +19,8 @@ DOWNLOAD_TIMEOUT_S = 60
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """`cache_dir`, else $DREAMSTUDY_CACHE, else ~/.cache/dreamstudy."""
-    return Path(cache_dir or os.environ.get("DREAMSTUDY_CACHE") or Path.home() / ".cache" / "dreamstudy")
+    """`cache_dir`, else the machine's cache (layout.cache_dir)."""
+    return Path(cache_dir) if cache_dir else layout.cache_dir()
 
 
 def github_dataset(cache_dir: str | Path | None = None) -> Path:

@@ -1,7 +1,3 @@
-"""Personalization methods; importing this package registers every built-in one."""
+"""Personalization methods (one module each, imported by name when used: see registry.py)."""
 
-from dreamstudy.methods import dreambooth  # noqa: F401  (registration)
-from dreamstudy.methods import lora  # noqa: F401  (registration)
-from dreamstudy.methods import textual_inversion  # noqa: F401  (registration)
-from dreamstudy.methods import custom_diffusion  # noqa: F401  (registration)
-from dreamstudy.methods.registry import METHODS, Method, Schedule, get_method  # noqa: F401
+from dreamstudy.methods.registry import MODULES, Method, Schedule, get_method  # noqa: F401

@@ -28,7 +28,7 @@ from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 from safetensors.torch import load_file, save_file
 
 from dreamstudy.methods.registry import Schedule, register
-from dreamstudy.methods.textual_inversion import TextualInversion
+from dreamstudy.methods.tokens import NewToken
 
 KV = "custom_diffusion_kv.safetensors"
 
@@ -61,7 +61,7 @@ def trained_kv(unet) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().contiguous() for key, value in weights.items()}
 
 
-class CustomDiffusion(TextualInversion):
+class CustomDiffusion(NewToken):
     def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
         embedding = super().prepare(parts, token, class_name)
         parts.unet.set_attn_processor(kv_processors(parts.unet))

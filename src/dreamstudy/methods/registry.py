@@ -1,9 +1,12 @@
 """Personalization methods by name. A method says which parameters train, how they are initialised,
 saved and loaded; the one training loop (`trainer.py`) serves them all. A new method is one module
-that calls `register` with a factory from the `train` params section."""
+that calls `register` with a factory from the `train` params section, plus its line in MODULES: a stage
+imports the module of its own method only, so that its code dependencies are exactly that module and the
+shared ones (dreamstudy.dag)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,8 @@ class Method(Protocol):
 
 
 MethodFactory = Callable[[object], tuple[Method, Schedule]]
+MODULES = {name: f"dreamstudy.methods.{name}" for name in
+           ("dreambooth", "lora", "textual_inversion", "custom_diffusion")}
 METHODS: dict[str, MethodFactory] = {}
 
 
@@ -63,9 +68,14 @@ def register(name: str) -> Callable[[MethodFactory], MethodFactory]:
     return add
 
 
-def get_method(name: str, train_params) -> tuple[Method, Schedule]:
+def method_module(name: str):
     try:
-        factory = METHODS[name]
+        return importlib.import_module(MODULES[name])
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid: {sorted(METHODS)}") from None
-    return factory(train_params)
+        raise ValueError(f"unknown method {name!r}; valid: {sorted(MODULES)}") from None
+
+
+def get_method(name: str, train_params) -> tuple[Method, Schedule]:
+    if name not in METHODS:
+        method_module(name)
+    return METHODS[name](train_params)

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dreamstudy.io import atomic_dir
-from dreamstudy.layout import class_folder
 from dreamstudy.methods.registry import get_method
-from dreamstudy.methods.trainer import Checkpointing, Examples, Hardware, Prior, train
+from dreamstudy.methods.trainer import Checkpointing, Examples, Hardware, Optimization, Prior, train
 from dreamstudy.models.loading import load_components, load_tokenizer
 from dreamstudy.seeding import derive_seed
-from dreamstudy.trainset import read_training_set
+from dreamstudy.trainset import read_prior_set, read_training_set
 
 
 def fingerprint(config: dict, folders: list[Path]) -> str:
@@ -28,28 +27,36 @@ def fingerprint(config: dict, folders: list[Path]) -> str:
 
 
 def train_run(p, *, subject, method_name: str, strategy: str, training_set: str | Path,
-              priors_root: str | Path, out_dir: str | Path, checkpoint_dir: str | Path,
+              prior_set: str | Path, out_dir: str | Path, checkpoint_dir: str | Path,
               log: Callable[[int, float], None] | None = None) -> None:
-    """Train `method_name` on `training_set` (subject: data.dreambench.Subject) and save it to `out_dir`."""
+    """Train `method_name` on `training_set` (subject: data.dreambench.Subject), with the class images that
+    `prior_set` (trainset.write_prior_set) names, if any, and save it to `out_dir`."""
     training_set, checkpoint_dir = Path(training_set), Path(checkpoint_dir)
     method, schedule = get_method(method_name, p.train)
     tokenizer = load_tokenizer(p.model.pretrained)  # checked before any model loads, then reused (~0.3 s a load)
     method.check(tokenizer, method.token(p.train.identifier))
     examples = Examples(read_training_set(training_set))
     inputs = [training_set]
-    prior = None
-    if schedule.prior_preservation:
-        classes = class_folder(priors_root, subject.class_name)
-        prior = Prior(Examples(read_training_set(classes)), p.priors.weight)
-        inputs.append(classes)
+    prior = read_prior_set(prior_set)
+    if schedule.prior_preservation != (prior is not None):
+        raise ValueError(f"{prior_set} does not match train.{method_name}.prior_preservation "
+                         f"({schedule.prior_preservation}): rerun the prior_set stage (dvc repro)")
+    if prior is not None:
+        class_examples, weight = prior
+        prior = Prior(Examples(class_examples), weight)
+        inputs.append(class_examples[0].image.parent)
     run = f"{method_name}/{strategy}/{subject.name}"
-    config = {"run": run, "seed": p.seed, "model": p.model.model_dump(), "train": p.train.model_dump(),
-              "priors": p.priors.model_dump() if prior else None}
+    # everything the weights depend on, as the train stage's inputs file lists it (dreamstudy.dag)
+    config = {"run": run, "seed": p.seed, "model": [p.model.pretrained, p.model.resolution],
+              "identifier": p.train.identifier, "method": getattr(p.train, method_name).model_dump(),
+              "hardware": [p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam],
+              "prior_weight": prior.weight if prior else None}
     checkpointing = Checkpointing(checkpoint_dir, p.train.checkpoint_every, fingerprint(config, inputs))
     hardware = Hardware(p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam)
     parts = load_components(p.model.pretrained, tokenizer=tokenizer)
     train(method, schedule, parts, examples, identifier=p.train.identifier, class_name=subject.class_name,
           resolution=p.model.resolution, seed=derive_seed(p.seed, "train", run), prior=prior,
-          hardware=hardware, checkpointing=checkpointing, log=log)
+          optimization=Optimization.of(getattr(p.train, method_name)), hardware=hardware,
+          checkpointing=checkpointing, log=log)
     with atomic_dir(out_dir) as tmp:
         method.save(parts, tmp)

@@ -100,3 +100,33 @@ class LearnedToken:
 def load_token(pipe, folder: Path) -> None:
     """Add the saved placeholder (the file's one key) to a stock pipeline."""
     pipe.load_textual_inversion(str(folder), weight_name=EMBEDS)
+
+
+class NewToken:
+    """A method whose trainable part includes the placeholder's embedding row (Textual Inversion, and
+    Custom Diffusion beside its K/V weights)."""
+
+    # The embedding row trains, so captions go through the text encoder every step.
+    trains_text_encoder = True
+
+    def __init__(self) -> None:
+        self.learned: LearnedToken | None = None  # set by prepare
+
+    def token(self, identifier: str) -> str:
+        return placeholder(identifier)
+
+    def check(self, tokenizer, token: str) -> None:
+        check_token(tokenizer, token)
+
+    def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
+        self.learned = LearnedToken.add(parts, token, class_name)
+        return [LearnedToken.weight(parts)]
+
+    def after_step(self, parts) -> None:
+        self.learned.restore(parts)
+
+    def save(self, parts, folder: Path) -> None:
+        self.learned.save(parts, folder)
+
+    def load_into(self, pipe, folder: Path) -> None:
+        load_token(pipe, folder)

@@ -33,10 +33,6 @@ from dreamstudy.seeding import derive_seed
 from dreamstudy.text import replace_identifier
 from dreamstudy.trainset import Example
 
-# diffusers' example defaults (AdamW weight decay, gradient clipping)
-WEIGHT_DECAY = 1e-2
-MAX_GRAD_NORM = 1.0
-
 
 @dataclass(frozen=True)
 class Examples:
@@ -58,6 +54,19 @@ class Prior:
 
     examples: Examples
     weight: float
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """The optimizer step's weight decay and gradient clipping (defaults: diffusers' example scripts')."""
+
+    weight_decay: float = 1e-2            # AdamW's, decoupled from the gradient
+    max_grad_norm: float | None = 1.0     # the gradients' total norm is clipped to this; None = not clipped
+
+    @classmethod
+    def of(cls, section) -> Optimization:
+        """From a method's params section (dreamstudy.params.MethodParams)."""
+        return cls(section.weight_decay, section.max_grad_norm)
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,8 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, use_8bit_adam: bool) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                   use_8bit_adam: bool) -> torch.optim.Optimizer:
     if use_8bit_adam:
         if not torch.cuda.is_available():
             reason = "no CUDA GPU"
@@ -200,15 +210,16 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, use_8bit_adam: b
             reason = "bitsandbytes is not installed"
         else:
             import bitsandbytes as bnb
-            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=WEIGHT_DECAY)
+            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
         print(f"train.use_8bit_adam: 8-bit Adam unavailable ({reason}); training with AdamW", file=sys.stderr)
     # fused: one kernel over all parameters instead of a Python loop over them (CPU and GPU)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def train(method: Method, schedule: Schedule, parts, examples: Examples, *, identifier: str, class_name: str,
-          resolution: int, seed: int, prior: Prior | None = None, hardware: Hardware = Hardware(),
-          checkpointing: Checkpointing | None = None, log: Callable[[int, float], None] | None = None) -> None:
+          resolution: int, seed: int, prior: Prior | None = None, optimization: Optimization = Optimization(),
+          hardware: Hardware = Hardware(), checkpointing: Checkpointing | None = None,
+          log: Callable[[int, float], None] | None = None) -> None:
     """Train `method` on `examples`; `parts` (models.loading.Components) are changed in place."""
     accelerator = make_accelerator(hardware.mixed_precision)
     for model in (parts.unet, parts.vae, parts.text_encoder):
@@ -226,7 +237,7 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
     instances = EncodedSet(parts, examples.with_token(identifier, token), resolution, frozen_text)
     classes = EncodedSet(parts, prior.examples, resolution, frozen_text) if prior else None
 
-    optimizer = make_optimizer(trainable, schedule.lr, hardware.use_8bit_adam)
+    optimizer = make_optimizer(trainable, schedule.lr, optimization.weight_decay, hardware.use_8bit_adam)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     start, losses = checkpoint.resume(checkpointing, trainable, optimizer, lr_scheduler) if checkpointing else (0, [])
@@ -250,7 +261,8 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
             per_example = diffusion_loss(parts, latents, text, noise, timesteps, reduce=False, mask=mask)
             loss = prior_preservation_loss(per_example, len(index), prior.weight if prior else 0.0)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        if optimization.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(trainable, optimization.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)

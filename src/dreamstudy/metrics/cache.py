@@ -1,9 +1,13 @@
 """Embeddings of reference images (real DreamBench photos, class images), computed once.
 
-Every method and strategy of a study compares its samples with the same real images, and `evaluate` and
-`evaluate_ablation` (and every DVC experiment) share them. So an embedding is kept by (encoder, image
-sha256): in memory for the run, and as one safetensors file per image under
-`models.loading.cache_dir()/embeddings`, outside the repository like the other model caches.
+Every method and strategy of a study compares its samples with the same real images, and every run's
+evaluate stage (and every DVC experiment) shares them. So an embedding is kept by (encoder, image sha256):
+in memory for the run, and as one safetensors file per image under `layout.cache_dir()/embeddings`,
+outside the repository like the other model caches.
+
+Each image is encoded alone: a batched forward pass rounds differently in the last bit depending on the
+batch, so only then is a cached embedding a function of the image, whatever eval.batch_size and whichever
+run filled the cache (a run's scores do not depend on the other runs).
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from dreamstudy.io import atomic_file
+from dreamstudy.layout import cache_dir
 from dreamstudy.metrics.encoders import Encoders
 from dreamstudy.metrics.images import open_images
-from dreamstudy.models.loading import cache_dir
 
 CACHE_VERSION = 1  # bump when preprocessing changes, so older files are not read
 TENSOR = "embedding"
@@ -37,8 +41,8 @@ def file_sha256(path: str | Path) -> str:
 class EmbeddingCache:
     """Image embeddings by encoder and image content; `root=None` keeps them in memory only."""
 
-    def __init__(self, encoders: Encoders, root: str | Path | None = None, batch_size: int = 32):
-        self.encoders, self.batch_size = encoders, batch_size
+    def __init__(self, encoders: Encoders, root: str | Path | None = None):
+        self.encoders = encoders
         self.root = None if root is None else Path(root)
         self._memory: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -50,10 +54,8 @@ class EmbeddingCache:
         digests = [file_sha256(path) for path in paths]
         # dict keeps one path per new digest: duplicate files are encoded once
         todo = {digest: path for digest, path in zip(digests, paths) if not self._recall(key, digest)}
-        if todo:
-            embeddings = self.encoders.embed_images(which, open_images(todo.values()), self.batch_size)
-            for digest, embedding in zip(todo, embeddings):
-                self._store(key, digest, embedding)
+        for digest, path in todo.items():
+            self._store(key, digest, self.encoders.embed_images(which, open_images([path]), batch_size=1)[0])
         return torch.stack([self._memory[key, digest] for digest in digests])
 
     def _file(self, key: str, digest: str) -> Path:

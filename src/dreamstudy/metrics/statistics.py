@@ -1,9 +1,10 @@
 """Uncertainty of a run's scores and tests between strategies.
 
-DreamBench's variation comes from two levels: subjects (30) and, within each, prompts (25). The 95%
-interval therefore comes from a hierarchical bootstrap that resamples subjects and, within each drawn
-subject, its prompts. Strategies are compared with the paired Wilcoxon signed-rank test on per-subject
-differences (each subject is its own control: same prompts, same seeds).
+DreamBench's variation comes from two levels: subjects (30) and, within each, prompts (25). The interval
+(eval.confidence, 95%) therefore comes from a hierarchical bootstrap (eval.bootstrap_samples replicates) that
+resamples subjects and, within each drawn subject, its prompts. Strategies are compared with the paired
+Wilcoxon signed-rank test on per-subject differences (each subject is its own control: same prompts, same
+seeds), significant below eval.alpha.
 """
 
 from __future__ import annotations
@@ -18,18 +19,16 @@ from scipy import stats
 from dreamstudy.layout import BASELINE
 from dreamstudy.seeding import derive_seed
 
-N_BOOTSTRAP = 2000
-CONFIDENCE = 0.95
-ALPHA = 0.05
 PROMPT_METRICS = ("dino", "clip_i", "clip_t", "div", "memorized")  # vary by prompt
 SUBJECT_METRICS = ("pres",)  # one value per subject
-STATS_COLUMNS = ("method", "strategy", "metric", "mean", "ci_low", "ci_high", "n_subjects")
+# confidence and alpha: the settings that made the interval and `significant`, for the report to state
+STATS_COLUMNS = ("method", "strategy", "metric", "mean", "ci_low", "ci_high", "confidence", "n_subjects")
 TESTS_COLUMNS = ("method", "strategy", "baseline", "metric", "mean_diff", "p_value", "test", "n_subjects",
-                 "significant", "note")
+                 "significant", "alpha", "note")
 
 
-def hierarchical_bootstrap(groups: Sequence[Sequence[float]], rng: np.random.Generator,
-                           n_boot: int = N_BOOTSTRAP, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def hierarchical_bootstrap(groups: Sequence[Sequence[float]], rng: np.random.Generator, n_boot: int,
+                           confidence: float) -> tuple[float, float, float]:
     """(mean, low, high): the mean over groups of each group's mean, and its percentile interval from
     resampling groups and, within each drawn group, its values. NaN values are left out; groups without
     values are dropped; (nan, nan, nan) when none is left, and a NaN interval around a single value (one
@@ -60,9 +59,9 @@ def hierarchical_bootstrap(groups: Sequence[Sequence[float]], rng: np.random.Gen
     return estimate, float(low), float(high)
 
 
-def bootstrap_table(per_prompt: pd.DataFrame, per_subject: pd.DataFrame, seed: int,
-                    n_boot: int = N_BOOTSTRAP) -> pd.DataFrame:
-    """stats.csv: mean and 95% interval of each metric per run (method, strategy), over subjects."""
+def bootstrap_table(per_prompt: pd.DataFrame, per_subject: pd.DataFrame, seed: int, n_boot: int,
+                    confidence: float) -> pd.DataFrame:
+    """stats.csv: mean and `confidence` interval of each metric per run (method, strategy), over subjects."""
     records = []
     for (method, strategy), prompts in per_prompt.groupby(["method", "strategy"], sort=True):
         subjects = per_subject[(per_subject.method == method) & (per_subject.strategy == strategy)]
@@ -73,10 +72,11 @@ def bootstrap_table(per_prompt: pd.DataFrame, per_subject: pd.DataFrame, seed: i
                        for metric in SUBJECT_METRICS})
         for metric, groups in levels.items():
             rng = np.random.default_rng(derive_seed(seed, "bootstrap", method, strategy, metric))
-            mean, low, high = hierarchical_bootstrap(groups, rng, n_boot)
+            mean, low, high = hierarchical_bootstrap(groups, rng, n_boot, confidence)
             n_subjects = sum(bool(np.any(~np.isnan(np.asarray(g, dtype=float)))) for g in groups)
             records.append({"method": method, "strategy": strategy, "metric": metric, "mean": mean,
-                            "ci_low": low, "ci_high": high, "n_subjects": n_subjects})
+                            "ci_low": low, "ci_high": high, "confidence": confidence,
+                            "n_subjects": n_subjects})
     return pd.DataFrame.from_records(records, columns=list(STATS_COLUMNS))
 
 
@@ -90,8 +90,9 @@ def paired_wilcoxon(differences: Sequence[float]) -> tuple[float, str]:
     return float(stats.wilcoxon(differences).pvalue), ""
 
 
-def wilcoxon_table(per_subject: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
-    """tests.csv: every strategy against `baseline` of the same method, on the subjects both have a value for.
+def wilcoxon_table(per_subject: pd.DataFrame, alpha: float, baseline: str = BASELINE) -> pd.DataFrame:
+    """tests.csv: every strategy against `baseline` of the same method, on the subjects both have a value for;
+    `significant` where p < `alpha` (uncorrected for the number of comparisons).
 
     Empty when `baseline` is not in the grid."""
     records = []
@@ -109,5 +110,5 @@ def wilcoxon_table(per_subject: pd.DataFrame, baseline: str = BASELINE) -> pd.Da
             records.append({"method": method, "strategy": strategy, "baseline": baseline, "metric": metric,
                             "mean_diff": float(differences.mean()) if differences.size else math.nan,
                             "p_value": p_value, "test": "wilcoxon", "n_subjects": int(differences.size),
-                            "significant": bool(p_value < ALPHA), "note": note})
+                            "significant": bool(p_value < alpha), "alpha": alpha, "note": note})
     return pd.DataFrame.from_records(records, columns=list(TESTS_COLUMNS))

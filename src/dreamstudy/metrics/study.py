@@ -1,31 +1,24 @@
-"""The evaluate stage's inputs and outputs: DreamBench references, every run's samples and PRES images,
-the class images, and results/metrics/ (the schema the report reads, see write_metrics)."""
+"""The gather stage: the score folders of a study's grid runs (metrics.scores, one per run from the evaluate
+stage) -> its metrics folder, results/metrics/ (the schema the report reads, see write_metrics), with the
+memorization threshold, bootstrap intervals and tests against `none` applied here. Pandas only, no model."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from dreamstudy.io import atomic_dir, read_jsonl, write_json
-from dreamstudy.layout import BASELINE, CLASS_PRIORS, strategy_label
-from dreamstudy.metrics.cache import EmbeddingCache, default_cache_root
-from dreamstudy.metrics.encoders import Encoders, load_encoders
-from dreamstudy.metrics.evaluate import (DEFAULT_THRESHOLD, SAMPLE_KEYS, aggregate, breakdown, check_references,
-                                         evaluate_samples, prompt_diversity, require_keys)
-from dreamstudy.metrics.memorization import real_images
-from dreamstudy.metrics.preservation import preservation
+from dreamstudy.io import atomic_dir, write_json
+from dreamstudy.layout import BASELINE, Layout, parse_strategy_label, strategy_label
+from dreamstudy.metrics.scores import ENCODERS, Run, RunScores, read_scores
 from dreamstudy.metrics.statistics import bootstrap_table, wilcoxon_table
-from dreamstudy.sampling.sample import PRES, SAMPLES
+from dreamstudy.metrics.tables import aggregate, breakdown, with_memorized
 
-PRES_KEYS = ("prompt", "seed", "file")
 TABLES = ("per_image", "per_prompt", "per_subject", "real_images", "breakdown", "stats", "tests")
-Run = tuple[str, str, str]  # (method, strategy folder, subject)
+HEADLINE = ("dino", "clip_t")  # headline.json: what `dvc exp show` lists per method and strategy
 
 
 @dataclass
@@ -38,80 +31,8 @@ class StudyMetrics:
     stats: pd.DataFrame
     tests: pd.DataFrame
     summary: dict
+    headline: dict
     encoders: dict
-
-
-def read_references(dataset_dir: str | Path) -> dict[str, list[Path]]:
-    """Subject -> its real images, from data/dreambench/manifest.json (written by fetch_data)."""
-    dataset_dir = Path(dataset_dir)
-    manifest_path = dataset_dir / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        references = {subject["name"]: [dataset_dir / entry["file"] for entry in subject["files"]]
-                      for subject in manifest["subjects"]}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{manifest_path}: no such file (run the fetch_data stage first)") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{manifest_path}: not a DreamBench manifest "
-                         f"({{'subjects': [{{'name', 'files': [{{'file'}}]}}]}}): {err!r}") from None
-    absent = [str(path) for paths in references.values() for path in paths if not path.is_file()]
-    if absent:
-        raise FileNotFoundError(f"{manifest_path} lists {len(absent)} missing image(s), e.g. {absent[:3]}")
-    return references
-
-
-def _read_rows(file: Path, samples_root: Path, keys: tuple[str, ...]) -> list[dict]:
-    """A run's JSON lines, each checked for `keys` and against the run folder it sits in."""
-    try:
-        rows = read_jsonl(file)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON lines: {err}") from None
-    if not rows:
-        raise ValueError(f"{file}: no rows")
-    folder = dict(zip(("method", "strategy", "subject"), file.parent.relative_to(samples_root).parts))
-    for line, row in enumerate(rows, start=1):
-        require_keys(row, keys, f"{file}:{line}")
-        # A row filed under another run's folder would silently mix runs in the means.
-        mismatched = {key: row[key] for key, value in folder.items() if key in row and row[key] != value}
-        if mismatched:
-            raise ValueError(f"{file}:{line}: {mismatched} disagrees with the folder {folder}")
-    return rows
-
-
-def read_samples(samples_root: str | Path, runs: list[Run]) -> list[dict]:
-    """Rows of each run's {method}/{strategy}/{subject}/samples.jsonl, each with the image's absolute "path".
-
-    Only the runs of the study's grid are read: folders left by an earlier grid are not part of it.
-    """
-    samples_root = Path(samples_root)
-    files = [samples_root / method / strategy / subject / SAMPLES for method, strategy, subject in runs]
-    absent = [str(file) for file in files if not file.is_file()]
-    if absent:
-        raise FileNotFoundError(f"no samples: {absent[:3]} missing (run the sample stage first)")
-    return [{**row, "path": str((file.parent / row["file"]).resolve())}
-            for file in files for row in _read_rows(file, samples_root, SAMPLE_KEYS)]
-
-
-def read_pres(samples_root: str | Path, runs: list[Run]) -> dict[Run, list[dict]]:
-    """Each run's PRES rows (pres.jsonl, with "path"); a run without pres.jsonl is left out (pres NaN)."""
-    samples_root = Path(samples_root)
-    pres = {}
-    for run in runs:
-        file = samples_root.joinpath(*run) / f"{PRES}.jsonl"
-        if not file.is_file():
-            continue
-        rows = _read_rows(file, samples_root, PRES_KEYS)
-        pres[run] = [{**row, "path": str(_pres_image(file, line, row["file"]))}
-                     for line, row in enumerate(rows, start=1)]
-    return pres
-
-
-def _pres_image(pres_jsonl: Path, line: int, name: str) -> Path:
-    """The image a row names, relative to the run folder ("pres/0000.png")."""
-    path = pres_jsonl.parent / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{pres_jsonl}:{line}: image {str(path)!r} not found")
-    return path.resolve()
 
 
 def grid_runs(params, study: str) -> list[Run]:
@@ -124,32 +45,58 @@ def grid_runs(params, study: str) -> list[Run]:
     return list(itertools.product(params.train.methods, params.aug.strategies, params.data.subjects))
 
 
-def evaluate_study(dataset_dir: str | Path, samples_root: str | Path, runs: list[Run], pretrained: bool,
-                   batch_size: int, seed: int, *, memorization_threshold: float = DEFAULT_THRESHOLD,
-                   class_priors_dir: str | Path = CLASS_PRIORS, cache_root: str | Path | None = None,
-                   encoders: Encoders | None = None) -> StudyMetrics:
-    """Every score of the runs (method, strategy, subject) against the subjects' real images.
+def read_study_scores(layout: Layout, runs: list[Run]) -> list[RunScores]:
+    """The score folders of `runs`, each checked, all from the same encoders."""
+    folders = [layout.scores(*run) for run in runs]
+    absent = [f"{folder} (written by `{evaluate_command(layout.study, run)}`)"
+              for folder, run in zip(folders, runs) if not folder.is_dir()]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} of the {len(runs)} runs have no score folder: "
+                                + "; ".join(absent[:3]) + ("; ..." if len(absent) > 3 else ""))
+    scores = [read_scores(folder, run) for folder, run in zip(folders, runs)]
+    for folder, run_scores in zip(folders, scores):
+        if run_scores.encoders != scores[0].encoders:
+            raise ValueError(f"{folder / ENCODERS}: {run_scores.encoders} differs from {folders[0] / ENCODERS}: "
+                             f"{scores[0].encoders}; a study's runs must be scored by the same encoders "
+                             "(eval.pretrained_encoders): evaluate them again")
+    return scores
 
-    `cache_root` (default: the embeddings cache under DREAMSTUDY_CACHE) keeps reference embeddings across
-    runs; `encoders` (default: loaded per `pretrained` and `seed`) lets a caller reuse loaded models."""
-    # Inputs are checked before the encoders load, so a broken tree fails in seconds, not minutes.
-    samples = read_samples(samples_root, runs)
-    pres_runs = read_pres(samples_root, runs)
-    references = read_references(dataset_dir)
-    check_references(samples, references)
-    if encoders is None:
-        encoders = load_encoders(pretrained, device="cuda" if torch.cuda.is_available() else "cpu", seed=seed)
-    cache = EmbeddingCache(encoders, default_cache_root() if cache_root is None else cache_root, batch_size)
 
-    per_image = evaluate_samples(samples, references, encoders, batch_size, cache=cache,
-                                 memorization_threshold=memorization_threshold)
-    pres = preservation(pres_runs, references, cache, class_priors_dir, seed)
-    per_prompt, per_subject, summary = aggregate(per_image, prompt_diversity(samples, encoders), pres)
-    real = real_images(per_image["subject"], references, cache)
-    summary["real_images"] = {score: float(real[score].mean()) for score in ("dino", "clip_i")}
+def evaluate_command(study: str, run: Run) -> str:
+    """The evaluate stage's command line that writes `run`'s score folder."""
+    method, label, subject = run
+    strategy, strength = parse_strategy_label(label)
+    return " ".join(["python stages/evaluate.py", *(["--study", study] if study != "main" else []),
+                     "--subject", subject, "--method", method, "--strategy", strategy,
+                     *(["--strength", str(strength)] if strength is not None else [])])
+
+
+def gather(scores: list[RunScores], *, seed: int, memorization_threshold: float, bootstrap_samples: int,
+           confidence: float, alpha: float, study: str = "main") -> StudyMetrics:
+    """The study's tables from its runs' scores (in grid order: per_image.csv keeps it)."""
+    per_image = with_memorized(pd.concat([run.per_image for run in scores], ignore_index=True),
+                               memorization_threshold)
+    per_prompt, per_subject, summary = aggregate(per_image, pd.concat([run.div for run in scores], ignore_index=True),
+                                                 pd.concat([run.pres for run in scores], ignore_index=True))
+    # Every run of a subject scores the same photos with the same encoders: its first run's row stands for all.
+    real = (pd.concat([run.real_images for run in scores], ignore_index=True)
+            .drop_duplicates("subject").sort_values("subject", ignore_index=True))
     return StudyMetrics(per_image=per_image, per_prompt=per_prompt, per_subject=per_subject, real_images=real,
-                        breakdown=breakdown(per_image), stats=bootstrap_table(per_prompt, per_subject, seed),
-                        tests=wilcoxon_table(per_subject), summary=summary, encoders=encoders.describe())
+                        breakdown=breakdown(per_image),
+                        stats=bootstrap_table(per_prompt, per_subject, seed, bootstrap_samples, confidence),
+                        tests=wilcoxon_table(per_subject, alpha),
+                        summary={**summary, "real_images": {score: float(real[score].mean())
+                                                            for score in ("dino", "clip_i")}},
+                        headline=headline(summary, study), encoders=scores[0].encoders)
+
+
+def headline(summary: dict, study: str = "main") -> dict:
+    """{method: {strategy: {"dino", "clip_t"}}} to 3 decimals, from aggregate's run summary: few and narrow
+    enough for `dvc exp show` (summary.json has every score). The ablation's one method is named `ablation`,
+    so that `dvc exp show` tells its columns from the main study's without file names."""
+    return {study if study != "main" else method: {strategy: {score: round(scores[score], 3) for score in HEADLINE}
+                                                   for strategy, scores in strategies.items()}
+            for method, strategies in summary.items()}
 
 
 def json_numbers(value):
@@ -162,9 +109,11 @@ def json_numbers(value):
 
 
 def write_metrics(out_dir: str | Path, metrics: StudyMetrics) -> None:
-    """results/metrics/ appears whole: the CSVs of TABLES, summary.json (DVC metrics) and encoders.json."""
+    """results/metrics/ appears whole: the CSVs of TABLES, summary.json and headline.json (DVC metrics) and
+    encoders.json."""
     with atomic_dir(out_dir) as tmp:
         for name in TABLES:
             getattr(metrics, name).to_csv(tmp / f"{name}.csv", index=False)
         write_json(tmp / "summary.json", json_numbers(metrics.summary))
-        write_json(tmp / "encoders.json", metrics.encoders)
+        write_json(tmp / "headline.json", json_numbers(metrics.headline))
+        write_json(tmp / ENCODERS, metrics.encoders)

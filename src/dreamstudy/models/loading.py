@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from huggingface_hub.errors import HFValidationError
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from dreamstudy.layout import cache_dir
 from dreamstudy.models import tiny
 
 TINY = "tiny"
@@ -45,11 +46,6 @@ class Components:
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler
-
-
-def cache_dir() -> Path:
-    """Where built models live: outside the repository, so DVC never tracks them."""
-    return Path(os.environ.get("DREAMSTUDY_CACHE", "~/.cache/dreamstudy")).expanduser()
 
 
 def tiny_fingerprint() -> str:

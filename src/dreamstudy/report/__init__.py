@@ -16,7 +16,7 @@ def write_report(results: Results, out_dir: str | Path) -> list[Path]:
     """Replace `out_dir`/figures and `out_dir`/tables, each only once all of both are drawn.
 
     Returns the files written. Other files in `out_dir` (the paper itself) are left alone. Nothing is random:
-    the confidence intervals come from the evaluate stage's stats.csv.
+    the confidence intervals come from the gather stage's stats.csv.
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir / "tables") as tables_tmp, atomic_dir(out_dir / "figures") as figures_tmp:

@@ -1,10 +1,10 @@
 """The ablation's report: every (strategy, strength) of one method against its baseline, `none` (the original
 images), on the DreamBench scores and the overfitting measures.
 
-- strength.{pdf,png}: each metric against strength, a line per strategy with its 95% CI band, `none` as a
+- strength.{pdf,png}: each metric against strength, a line per strategy with its CI band, `none` as a
   dashed line with its band;
 - plane.{pdf,png}: DINO against CLIP-T, a point per (strategy, strength), `none` as a star;
-- ablation.tex: every metric's mean and 95% CI per row, * where it differs significantly from `none`.
+- ablation.tex: every metric's mean and CI per row, * where it differs significantly from `none`.
 
 Means, intervals and tests are stats.csv's and tests.csv's, as in the main report.
 """
@@ -22,7 +22,7 @@ from dreamstudy.layout import BASELINE, parse_strategy_label
 from dreamstudy.report.figures import plt, save, sns
 from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex
 from dreamstudy.report.load import STAT_METRICS, Results
-from dreamstudy.report.tables import CI_NOTE, definitions_note, run_rows, significance_note
+from dreamstudy.report.tables import ci_note, definitions_note, run_rows, significance_note
 
 BASELINE_LABEL = f"{BASELINE} (original images)"
 
@@ -34,7 +34,7 @@ def graded_stats(results: Results) -> pd.DataFrame:
 
 
 def strength_figure(results: Results) -> Figure:
-    """One panel per metric: mean against strength per strategy, 95% CI band; `none` dashed across."""
+    """One panel per metric: mean against strength per strategy, CI band; `none` dashed across."""
     stats = graded_stats(results)
     strategies = [strategy for strategy in dict.fromkeys(stats["strategy"]) if strategy != BASELINE]
     colors = dict(zip(strategies, sns.color_palette(n_colors=len(strategies))))
@@ -56,7 +56,7 @@ def strength_figure(results: Results) -> Figure:
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right upper")
     figure.suptitle(results.caption(f"Ablation ({results.methods[0]}): scores against augmentation strength "
-                                    "(mean over subjects, 95% CI)", sep="\n"))
+                                    f"(mean over subjects, {results.ci_label})", sep="\n"))
     return figure
 
 
@@ -86,7 +86,7 @@ def table_latex(results: Results) -> str:
     for (_, label), cells in zip(results.runs, run_rows(results, list(STAT_METRICS))):
         strategy, strength = parse_strategy_label(label)
         rows.append([escape_latex(strategy), MISSING if strength is None else f"{strength:g}", *cells[2:]])
-    caption = " ".join([f"Ablation of augmentation strategies and strengths ({results.methods[0]}).", CI_NOTE,
+    caption = " ".join([f"Ablation of augmentation strategies and strengths ({results.methods[0]}).", ci_note(results),
                         significance_note(results), definitions_note(results)])
     return booktabs(["Strategy", "Strength", *STAT_METRICS.values()], "ll" + "r" * len(STAT_METRICS),
                     [Block(rows)], results.caption(caption), "tab:ablation")

@@ -44,15 +44,15 @@ def write_figures(results: Results, figures_dir: str | Path, *, sample_prompts: 
 
 
 def metrics_figure(results: Results) -> Figure:
-    """One panel per metric: bars = mean, error bars = the 95% CI of stats.csv (as in the tables)."""
+    """One panel per metric: bars = mean, error bars = the CI of stats.csv (as in the tables)."""
     with sns.axes_style("whitegrid"):
         figure, axes = plt.subplots(1, len(METRICS), figsize=(3.4 * len(METRICS) + 1.2, 3.2), layout="constrained")
     for ax, (metric, label) in zip(axes, METRICS.items()):
         interval_bars(ax, results.stats[results.stats["metric"] == metric], results.methods, results.strategies)
         ax.set(title=label, ylabel="score")
     figure.legend(*axes[0].get_legend_handles_labels(), title="strategy", loc="outside right center")
-    figure.suptitle(results.caption("DreamBench scores: mean and 95% CI (hierarchical bootstrap over subjects "
-                                    "and prompts)", sep="\n"))
+    figure.suptitle(results.caption(f"DreamBench scores: mean and {results.ci_label} (hierarchical bootstrap "
+                                    "over subjects and prompts)", sep="\n"))
     return figure
 
 

@@ -24,7 +24,7 @@ def number(value: float) -> str:
 
 
 def estimate(mean: float, low: float, high: float, marked: bool = False) -> str:
-    """'$0.535^{+0.012}_{-0.010}$': the mean with its 95% CI as offsets (bootstrap CIs need not be symmetric),
+    """'$0.535^{+0.012}_{-0.010}$': the mean with its CI as offsets (bootstrap CIs need not be symmetric),
     then '*' when `marked` (significant against the baseline)."""
     if math.isnan(mean):
         return MISSING

@@ -59,14 +59,16 @@ class Results:
 
     per_image: pd.DataFrame    # one row per generated image: scores, mem_dino, memorized
     per_subject: pd.DataFrame  # one row per (method, strategy, subject): means, div, pres, pres_base, memorized
-    stats: pd.DataFrame        # (method, strategy, metric): mean, ci_low, ci_high, n_subjects
-    tests: pd.DataFrame        # (method, strategy, metric) vs the baseline: mean_diff, p_value, significant
+    stats: pd.DataFrame        # (method, strategy, metric): mean, ci_low, ci_high, confidence, n_subjects
+    tests: pd.DataFrame        # (method, strategy, metric) vs the baseline: mean_diff, p_value, significant, alpha
     real_images: pd.DataFrame  # one row per subject: dino, clip_i among its own real photos
     breakdown: pd.DataFrame    # (method, strategy, by, group, metric): value
     samples: pd.DataFrame      # one row per sample image: method, strategy, subject, prompt_index,
                                # image_index, prompt, model (the base model it came from), path
     encoders: Encoders
     memorization_threshold: float  # eval.memorization_threshold, which set per_image's `memorized`
+    confidence: float          # stats.csv's coverage of every interval (eval.confidence of the gather)
+    alpha: float | None        # tests.csv's significance level (eval.alpha); None when there are no tests
 
     @property
     def methods(self) -> list[str]:
@@ -93,6 +95,11 @@ class Results:
         """The base models the samples came from."""
         return _in_order_of_appearance(self.samples["model"].dropna())
 
+    @property
+    def ci_label(self) -> str:
+        """'95% CI' for a confidence of 0.95."""
+        return f"{self.confidence * 100:g}% CI"
+
     def caption(self, text: str, sep: str = " ") -> str:
         """`text`, labelled when the images or the scores come from random weights."""
         labels = [] if self.encoders.pretrained else [RANDOM_INIT_LABEL]
@@ -111,16 +118,20 @@ def load_results(results_dir: str | Path, *, memorization_threshold: float) -> R
     per_subject = _read_per_subject(metrics_dir / "per_subject.csv")
     per_image = _read_per_image(metrics_dir / "per_image.csv", memorization_threshold)
     runs = per_subject[RUN_KEYS].drop_duplicates()
+    stats_path, tests_path = metrics_dir / "stats.csv", metrics_dir / "tests.csv"
+    stats, tests = _read_stats(stats_path, runs), _read_tests(tests_path, runs)
     return Results(
         per_image=per_image,
         per_subject=per_subject,
-        stats=_read_stats(metrics_dir / "stats.csv", runs),
-        tests=_read_tests(metrics_dir / "tests.csv", runs),
+        stats=stats,
+        tests=tests,
         real_images=_read_real_images(metrics_dir / "real_images.csv", per_subject["subject"]),
         breakdown=_read_breakdown(metrics_dir / "breakdown.csv"),
         samples=_read_samples(Path(results_dir) / "samples", per_subject),
         encoders=_read_encoders(metrics_dir / "encoders.json"),
         memorization_threshold=memorization_threshold,
+        confidence=_level(stats, stats_path, "confidence"),
+        alpha=None if tests.empty else _level(tests, tests_path, "alpha"),
     )
 
 
@@ -139,13 +150,14 @@ def _read_per_image(path: Path, threshold: float) -> pd.DataFrame:
     stale = table["memorized"] != (table["mem_dino"] > threshold)
     if stale.any():
         raise ResultsError(f"{path}: `memorized` disagrees with mem_dino > eval.memorization_threshold "
-                           f"({threshold}) on line(s) {_csv_lines(stale)}: rerun the evaluate stage")
+                           f"({threshold}) on line(s) {_csv_lines(stale)}: rerun the gather stage")
     return table
 
 
 def _read_stats(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    table = _read_csv(path, [*RUN_KEYS, "metric", "mean", "ci_low", "ci_high", "n_subjects"])
+    table = _read_csv(path, [*RUN_KEYS, "metric", "mean", "ci_low", "ci_high", "confidence", "n_subjects"])
     _to_numbers(table, path, ["mean"], nan_ok=table["metric"].isin(NULLABLE))
+    _to_numbers(table, path, ["confidence"], nan_ok=False)
     _to_numbers(table, path, ["ci_low", "ci_high"], nan_ok=True)  # no interval around a single value
     _no_repeats(table, path, [*RUN_KEYS, "metric"])
     expected = runs.merge(pd.DataFrame({"metric": list(STAT_METRICS)}), how="cross")
@@ -158,14 +170,26 @@ def _read_stats(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
 
 def _read_tests(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """tests.csv, or no tests when the grid has no baseline to test against (then the file may be absent)."""
-    columns = [*RUN_KEYS, "baseline", "metric", "mean_diff", "p_value", "test", "n_subjects", "significant"]
+    columns = [*RUN_KEYS, "baseline", "metric", "mean_diff", "p_value", "test", "n_subjects", "significant",
+               "alpha"]
     if not path.is_file() and not (runs["strategy"] == BASELINE).any():
         return pd.DataFrame(columns=columns)
     table = _read_csv(path, columns, allow_empty=True)
     _to_numbers(table, path, ["mean_diff", "p_value"], nan_ok=True)  # NaN: too few subjects, or no difference
+    _to_numbers(table, path, ["alpha"], nan_ok=False)
     _to_flags(table, path, ["significant"])
     _no_repeats(table, path, [*RUN_KEYS, "baseline", "metric"])
     return table
+
+
+def _level(table: pd.DataFrame, path: Path, column: str) -> float:
+    """The one value of `column` (a confidence or significance level) on every row of a non-empty `table`:
+    the report states it once for all the numbers."""
+    levels = table[column].unique()
+    if len(levels) != 1 or not 0 < levels[0] < 1:
+        raise ResultsError(f"{path}: `{column}` must be one level in (0, 1) on every row, found "
+                           f"{sorted(levels.tolist())}: rerun the gather stage")
+    return float(levels[0])
 
 
 def _read_real_images(path: Path, subjects: pd.Series) -> pd.DataFrame:
@@ -192,7 +216,7 @@ def _read_breakdown(path: Path) -> pd.DataFrame:
 
 def _read_csv(path: Path, columns: list[str], allow_empty: bool = False) -> pd.DataFrame:
     if not path.is_file():
-        raise ResultsError(f"{path}: missing (written by the evaluate stage)")
+        raise ResultsError(f"{path}: missing (written by the gather stage)")
     try:
         table = pd.read_csv(path, dtype=TEXT_COLUMNS)
     except pd.errors.EmptyDataError:
@@ -235,7 +259,7 @@ def _read_encoders(path: Path) -> Encoders:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ResultsError(f"{path}: missing (written by the evaluate stage)") from None
+        raise ResultsError(f"{path}: missing (written by the gather stage)") from None
     except json.JSONDecodeError as err:
         raise ResultsError(f"{path}: not valid JSON: {err}") from None
     expected = {"pretrained": bool, "clip": str, "dino": str, "lpips": str}

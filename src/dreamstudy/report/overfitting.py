@@ -26,8 +26,8 @@ def overfitting_figure(results: Results) -> Figure:
             base_model_ticks(ax, results, positions)
     pres_panel = axes[list(PANELS).index("pres")]  # its legend has the strategies and the base model
     figure.legend(*pres_panel.get_legend_handles_labels(), loc="outside right center")
-    figure.suptitle(results.caption("Diversity, prior preservation and memorization: mean and 95% CI; LPIPS: "
-                                    f"{results.encoders.lpips}", sep="\n"))
+    figure.suptitle(results.caption("Diversity, prior preservation and memorization: mean and "
+                                    f"{results.ci_label}; LPIPS: {results.encoders.lpips}", sep="\n"))
     return figure
 
 

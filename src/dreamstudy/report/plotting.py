@@ -27,7 +27,7 @@ def save(figure: Figure, folder: Path, name: str) -> None:
 
 
 def interval_bars(ax: Axes, stats: pd.DataFrame, methods: list[str], strategies: list[str]) -> dict:
-    """Grouped bars of one metric's stats.csv rows: x = method, a bar per strategy (mean), error bar = 95% CI.
+    """Grouped bars of one metric's stats.csv rows: x = method, a bar per strategy (mean), error bar = its CI.
 
     Returns {(method, strategy): x position of its bar}, for marks drawn on top."""
     width = BAR_GROUP_WIDTH / len(strategies)

@@ -1,6 +1,6 @@
 """LaTeX (booktabs) tables of the study: one .tex per table, each with \\caption and \\label.
 
-main.tex: DINO, CLIP-I, CLIP-T per run (mean and 95% CI, * = significant against `none`), the real-images
+main.tex: DINO, CLIP-I, CLIP-T per run (mean and CI, * = significant against `none`), the real-images
 upper bound, and published numbers in their own block; overfitting.tex: DIV, PRES, PRES of the base model and
 the memorized share, with DreamBooth's prior-preservation ablation; breakdown.tex: scores by prompt kind and
 live vs object; per_subject.tex: every subject's scores.
@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number, to_latex
 from dreamstudy.layout import BASELINE
+from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number, to_latex
 from dreamstudy.report.load import LABELS, METRICS, RUN_KEYS, SUBJECT_KEYS, Results
 from dreamstudy.report.published import load_published, published_rows, sources_note
 
 __all__ = ["write_tables"]  # also read by the ablation's report: run_rows and the caption notes
 
 BY_LABELS = {"prompt_kind": "prompt kind", "live": "subject"}
-CI_NOTE = ("Our runs: mean with its 95% CI as offsets (hierarchical bootstrap over subjects and, within each, "
-           "prompts).")
 PUBLISHED_TITLE = "Published (other protocols, not directly comparable; see caption)"
 REAL_NOTE = ("n: generated images per run. Real images: mean similarity between different real photos of a "
              "subject, averaged over subjects (the upper bound).")
@@ -52,7 +50,7 @@ def main_table(results: Results) -> str:
     real_row = ["Real images (upper bound)", MISSING, number(real["dino"]), number(real["clip_i"]), MISSING,
                 MISSING]
     published = load_published()
-    caption = " ".join(["DreamBench scores per method and augmentation strategy.", CI_NOTE,
+    caption = " ".join(["DreamBench scores per method and augmentation strategy.", ci_note(results),
                         significance_note(results), REAL_NOTE, protocol_note(results), published_note(published)])
     return booktabs(["Method", "Strategy", *METRICS.values(), "n"], "llrrrr",
                     [Block(ours), Block([real_row]),
@@ -69,7 +67,7 @@ def overfitting_table(results: Results) -> str:
             for row, run in zip(run_rows(results, ["div", "pres", "memorized"]), results.runs)]
     published = load_published().dropna(subset=["pres", "div"], how="all")
     caption = " ".join(["Diversity, prior preservation and memorization per method and augmentation strategy.",
-                        CI_NOTE, significance_note(results), definitions_note(results), protocol_note(results),
+                        ci_note(results), significance_note(results), definitions_note(results), protocol_note(results),
                         published_note(published, scores=False)])
     header = ["Method", "Strategy", LABELS["div"], LABELS["pres"], LABELS["pres_base"], LABELS["memorized"]]
     published_block = Block(published_rows(published, ["div", "pres"], trailing=2), PUBLISHED_TITLE)
@@ -119,12 +117,17 @@ def definitions_note(results: Results) -> str:
             f"{results.memorization_threshold:g}. {MISSING}: not measured.")
 
 
+def ci_note(results: Results) -> str:
+    return (f"Our runs: mean with its {results.ci_label} as offsets (hierarchical bootstrap over subjects and, "
+            "within each, prompts).")
+
+
 def significance_note(results: Results) -> str:
     if results.tests.empty:
         return f"No significance tests (the grid has no '{BASELINE}' baseline)."
-    return (f"*: p < 0.05 against '{BASELINE}' of the same method, Wilcoxon signed-rank test on per-subject "
-            "paired differences (no mark where it cannot run: fewer than 2 subjects or no differences), not "
-            "corrected for the number of comparisons.")
+    return (f"*: p < {results.alpha:g} against '{BASELINE}' of the same method, Wilcoxon signed-rank test on "
+            "per-subject paired differences (no mark where it cannot run: fewer than 2 subjects or no differences), "
+            "not corrected for the number of comparisons.")
 
 
 def protocol_note(results: Results) -> str:

@@ -1,10 +1,10 @@
-"""The DreamBench sampling protocol: every prompt of a subject x `images_per_prompt`, one fixed seed per
-image. Seeds depend on (seed, subject, prompt, image) only, so every method and strategy is sampled
-from the same initial noise and their images can be compared pair by pair."""
+"""Drawing by the DreamBench sampling protocol (protocol.py): every prompt of a subject x `images_per_prompt`,
+one fixed seed per image. Seeds depend on (seed, subject, prompt, image) only, so every method and strategy
+is sampled from the same initial noise and their images can be compared pair by pair."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -13,37 +13,10 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
 from tqdm.auto import tqdm
 
 from dreamstudy.io import atomic_dir, write_jsonl
-from dreamstudy.seeding import derive_seed
+from dreamstudy.sampling.protocol import PRES, SAMPLES, SampleSpec
 
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMultistepScheduler,
               "euler": EulerDiscreteScheduler}
-SAMPLES = "samples.jsonl"
-PRES = "pres"
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """One image to generate, and the row that describes it in samples.jsonl."""
-
-    subject: str
-    prompt_index: int
-    prompt_kind: str
-    prompt: str
-    image_index: int
-    seed: int
-    file: str
-
-
-def dreambench_specs(subject, *, identifier: str, num_prompts: int, images_per_prompt: int,
-                     seed: int) -> list[SampleSpec]:
-    """The first `num_prompts` DreamBench prompts of `subject` (data.dreambench.Subject), each N times."""
-    return [
-        SampleSpec(subject=subject.name, prompt_index=p.index, prompt_kind=p.kind,
-                   prompt=p.text(identifier, subject.class_name), image_index=k,
-                   seed=derive_seed(seed, "sample", subject.name, p.index, k),
-                   file=f"p{p.index:02d}_{k}.png")
-        for p in subject.prompts[:num_prompts] for k in range(images_per_prompt)
-    ]
 
 
 def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
@@ -57,7 +30,9 @@ def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: in
     with tqdm(total=len(specs), desc="sample", unit="img") as bar:
         for start in range(0, len(specs), batch_size):
             chunk = specs[start:start + batch_size]
-            # one generator per image: an image depends on its own seed, not on the batch it falls in
+            # one generator per image: an image's noise is its own seed's, whichever images share its batch.
+            # The batch size itself can still change a pixel by a level (batched kernels round differently),
+            # so sample.batch_size is a dependency of the sample stage.
             images = pipe(prompt=[s.prompt for s in chunk], height=resolution, width=resolution,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           generator=[torch.Generator().manual_seed(s.seed) for s in chunk]).images

@@ -1,0 +1,106 @@
+"""The study's tables from per-image scores: which images count as memorized, means per prompt, subject and
+run (DreamBench's DINO, CLIP-I, CLIP-T, with DIV, PRES and memorization), and per prompt kind and live/object.
+
+Pandas only, no model: the gather stage builds these from every run's scores without importing torch."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import pandas as pd
+
+SCORES = ("dino", "clip_i", "clip_t")
+NEAREST = ("mem_dino", "mem_clip_i")  # cosine to the closest training photo
+IMAGE_COLUMNS = ("subject", "class", "method", "strategy", "prompt_index", "prompt_kind", "prompt",
+                 "image_index", "seed", "file")
+IMAGE_SCORE_COLUMNS = IMAGE_COLUMNS + SCORES + ("live",) + NEAREST  # a run's per-image scores (evaluate)
+PER_IMAGE_COLUMNS = IMAGE_SCORE_COLUMNS + ("memorized",)  # the study's per_image.csv (gather)
+IMAGE_MEANS = SCORES + NEAREST + ("memorized",)  # averaged per prompt, subject, run ("memorized" becomes a share)
+BREAKDOWN_METRICS = SCORES + ("memorized",)
+BREAKDOWN_COLUMNS = ("method", "strategy", "by", "group", "metric", "value")
+RUN_KEYS = ["method", "strategy"]
+SUBJECT_KEYS = RUN_KEYS + ["subject"]
+PROMPT_KEYS = SUBJECT_KEYS + ["prompt_index"]
+DIV_COLUMNS = (*PROMPT_KEYS, "div")
+PRES_COLUMNS = (*SUBJECT_KEYS, "pres", "pres_base", "n_pres")
+REAL_IMAGE_COLUMNS = ("subject", "class", "live", "dino", "clip_i", "n_images")
+
+
+def require_keys(row: Mapping | Iterable[str], keys: Iterable[str], where: str) -> None:
+    missing = [key for key in keys if key not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+
+
+def with_memorized(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per-image scores with `memorized`: a sample whose DINO similarity to some training photo exceeds
+    `threshold` counts as a copy."""
+    return scores.assign(memorized=scores["mem_dino"] > threshold)
+
+
+def aggregate(per_image: pd.DataFrame, div: pd.DataFrame | None = None,
+              pres: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Means per prompt and per subject, and the run summary {method: {strategy: scores}}.
+
+    DINO, CLIP-I, CLIP-T and the memorized share are means over ALL images (the DreamBench convention, so
+    subjects weigh by their number of images); div is the mean over prompts, pres and pres_base over
+    subjects. `div` (per prompt) and `pres` (per subject) are NaN where not given."""
+    require_keys(per_image.columns, PER_IMAGE_COLUMNS, "per-image scores")
+    if per_image.empty:
+        raise ValueError("per-image scores are empty: nothing to aggregate")
+    per_prompt = _join(_means(per_image, PROMPT_KEYS, ["class", "live", "prompt_kind", "prompt"]),
+                       div, PROMPT_KEYS, ["div"])
+    per_subject = _means(per_image, SUBJECT_KEYS, ["class", "live"])
+    per_subject = per_subject.merge(per_prompt.groupby(SUBJECT_KEYS)["div"].mean().reset_index(), on=SUBJECT_KEYS)
+    per_subject = _join(per_subject, pres, SUBJECT_KEYS, ["pres", "pres_base"])
+    per_prompt, per_subject = (_count_last(table) for table in (per_prompt, per_subject))
+
+    summary: dict = defaultdict(dict)
+    for (method, strategy), images in per_image.groupby(RUN_KEYS, sort=True):
+        prompts = per_prompt[(per_prompt.method == method) & (per_prompt.strategy == strategy)]
+        subjects = per_subject[(per_subject.method == method) & (per_subject.strategy == strategy)]
+        summary[method][strategy] = {
+            **{score: float(images[score].mean()) for score in SCORES},
+            "div": float(prompts["div"].mean()),
+            "pres": float(subjects["pres"].mean()),
+            "pres_base": float(subjects["pres_base"].mean()),
+            "memorized": float(images["memorized"].mean()),
+            "n_images": len(images),
+        }
+    return per_prompt, per_subject, dict(summary)
+
+
+def breakdown(per_image: pd.DataFrame) -> pd.DataFrame:
+    """breakdown.csv: each run's mean over images per prompt kind and per live/object subject, long format."""
+    require_keys(per_image.columns, PER_IMAGE_COLUMNS, "per-image scores")
+    groups = {"prompt_kind": per_image["prompt_kind"],
+              "live": per_image["live"].map({True: "live", False: "object"})}
+    parts = []
+    for by, group in groups.items():
+        means = (per_image.assign(group=group)
+                 .groupby([*RUN_KEYS, "group"], sort=True)[list(BREAKDOWN_METRICS)].mean().reset_index()
+                 .melt(id_vars=[*RUN_KEYS, "group"], var_name="metric", value_name="value"))
+        parts.append(means.assign(by=by))
+    return pd.concat(parts, ignore_index=True)[list(BREAKDOWN_COLUMNS)]
+
+
+def _join(table: pd.DataFrame, extra: pd.DataFrame | None, keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """`table` with `extra`'s `columns` matched on `keys`; NaN where `extra` has no row (or is None)."""
+    if extra is None:
+        return table.assign(**{column: math.nan for column in columns})
+    return table.merge(extra[keys + columns], on=keys, how="left", validate="one_to_one")
+
+
+def _count_last(table: pd.DataFrame) -> pd.DataFrame:
+    return table[[column for column in table.columns if column != "n_images"] + ["n_images"]]
+
+
+def _means(per_image: pd.DataFrame, keys: list[str], constants: list[str]) -> pd.DataFrame:
+    """Score means and image counts per group; `constants` are columns fixed within a group."""
+    return per_image.groupby(keys, sort=True).agg(
+        **{column: (column, "first") for column in constants},
+        **{score: (score, "mean") for score in IMAGE_MEANS},
+        n_images=(SCORES[0], "size"),
+    ).reset_index()

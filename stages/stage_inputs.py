@@ -1,0 +1,32 @@
+"""DVC stage `stage_inputs`: for every kind of stage and grid item, the params values and code files its
+outputs depend on (dreamstudy.dag), one small JSON file each in build/stage_inputs/."""
+
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
+import argparse
+
+from dreamstudy.dag import INPUTS, stage_inputs
+from dreamstudy.io import atomic_dir, write_json
+from dreamstudy.params import ParamsError, load_params
+
+
+def main(argv=None) -> None:
+    gc.freeze()
+    gc.enable()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        raise SystemExit(f"error: {err}") from None
+    files = stage_inputs(params)
+    with atomic_dir(INPUTS) as tmp:
+        for path, record in files.items():
+            write_json(tmp / path.relative_to(INPUTS), record)
+
+
+if __name__ == "__main__":
+    main()

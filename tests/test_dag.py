@@ -1,0 +1,177 @@
+"""dvc.yaml against the code: each stage depends on its inputs file and writes where the layout says; the
+inputs files hold exactly the params keys a stage may read and the files it executes."""
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.repo import Repo
+
+from dreamstudy import dag
+from dreamstudy.layout import BASELINE, Layout, strategy_label
+from dreamstudy.params import METHODS, STRATEGIES, ParamsError, load_params, validate_params
+from tests.helpers import ROOT
+
+SRC = ROOT / "src" / "dreamstudy"
+
+
+def smoke_params(**changes) -> dict:
+    raw = yaml.safe_load((ROOT / "params.smoke.yaml").read_text())
+    for key, value in changes.items():
+        section, _, leaf = key.rpartition(".")
+        node = raw
+        for part in filter(None, section.split(".")):
+            node = node[part]
+        node[leaf] = value
+    return raw
+
+
+def resolved_stages(tmp_path: Path, raw: dict) -> list:
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    Repo.init(tmp_path, no_scm=True)
+    return list(Repo(tmp_path).index.stages)
+
+
+def cell_of(stage) -> tuple[str, str, dict]:
+    """(kind, study, cell) from a stage's command: `python stages/{kind}.py [--study S] --subject ...`."""
+    words = stage.cmd.split()
+    kind = Path(words[1]).stem
+    options = dict(zip(words[2::2], words[3::2]))
+    return kind, options.pop("--study", "main"), {key.removeprefix("--"): value for key, value in options.items()}
+
+
+def expected_outs(kind: str, layout: Layout, cell: dict) -> set[str]:
+    label = strategy_label(cell["strategy"], cell.get("strength")) if "strategy" in cell else None
+    run = (cell.get("method"), label, cell.get("subject"))
+    paths = {
+        "fetch_data": ["data/dreambench"],
+        "class_priors": [layout.class_priors(cell.get("subject", ""))],
+        "prior_set": [layout.prior_set(cell.get("method", ""), cell.get("subject", ""))],
+        "augment": [layout.augmented(label, cell.get("subject")), layout.contact_sheet(label, cell.get("subject"))]
+        if label else [],
+        "train": [layout.model(*run), layout.train_log(*run) / "metrics.json",
+                  layout.train_log(*run) / "plots/metrics/loss.tsv"] if label else [],
+        "sample": [layout.samples(*run)] if label else [],
+        "evaluate": [layout.scores(*run)] if label else [],
+        "gather": [layout.metrics / name for name in
+                   ("per_image.csv", "per_prompt.csv", "per_subject.csv", "real_images.csv", "breakdown.csv",
+                    "stats.csv", "tests.csv", "encoders.json", "summary.json", "headline.json")],
+        "report": [layout.paper] if layout.study == "ablation" else [layout.paper / "figures", layout.paper / "tables"],
+    }
+    return {str(path) for path in paths[kind]}
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """The smoke DAG with every method and strategy, so that each kind and item is there."""
+    raw = smoke_params(**{"train.methods": list(METHODS), "aug.strategies": list(STRATEGIES),
+                          "ablation.strategies": [s for s in STRATEGIES if s != BASELINE]})
+    return resolved_stages(tmp_path_factory.mktemp("dag"), raw)
+
+
+def test_each_stage_depends_on_its_inputs_file_and_writes_where_the_layout_says(stages):
+    kinds = set()
+    for stage in stages:
+        if stage.name == "stage_inputs":
+            continue
+        kind, study, cell = cell_of(stage)
+        kinds.add(kind)
+        spec = dag.KINDS[kind]
+        deps = {dep.def_path for dep in stage.deps}
+        assert str(dag.inputs_file(study, kind, cell.get(spec.by))) in deps, stage.name
+        # params and code reach a stage through its inputs file only
+        assert not [d for d in deps if d.startswith(("src", "stages"))] and not stage.params, stage.name
+        assert {out.def_path for out in stage.outs} == expected_outs(kind, Layout(study), cell), stage.name
+    assert kinds == set(dag.KINDS)
+
+
+def test_stage_inputs_depends_on_all_code_and_params(stages):
+    stage = next(s for s in stages if s.name == "stage_inputs")
+    assert {dep.def_path for dep in stage.deps if not dep.def_path.endswith(".yaml")} == {"stages", "src/dreamstudy"}
+    sections = {key for dep in stage.deps if hasattr(dep, "params") and dep.params for key in dep.params}
+    assert sections == set(load_params(ROOT / "params.smoke.yaml").model_dump())
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return dag.stage_inputs(validate_params(smoke_params(**{"train.dreambooth.prior_preservation": True})))
+
+
+def code_of(inputs, kind, item=None, study="main") -> set[str]:
+    return set(inputs[dag.inputs_file(study, kind, item)]["code"])
+
+
+def params_of(inputs, kind, item=None, study="main") -> set[str]:
+    return set(inputs[dag.inputs_file(study, kind, item)]["params"])
+
+
+def test_a_method_stage_executes_its_own_module_and_the_shared_ones(inputs):
+    methods = {f"src/dreamstudy/methods/{m}.py" for m in METHODS}
+    tokens = "src/dreamstudy/methods/tokens.py"
+    for kind in ("train", "sample"):
+        for method in METHODS:
+            code = code_of(inputs, kind, method)
+            assert code & methods == {f"src/dreamstudy/methods/{method}.py"}, (kind, method)
+            assert (tokens in code) == (method in ("textual_inversion", "custom_diffusion")), (kind, method)
+            assert f"stages/{kind}.py" in code
+    assert "src/dreamstudy/methods/trainer.py" in code_of(inputs, "train", "lora")
+    assert "src/dreamstudy/methods/trainer.py" not in code_of(inputs, "sample", "lora")
+
+
+def test_a_strategy_stage_executes_its_own_module_and_mix_every_one(inputs):
+    strategies = {f"src/dreamstudy/augment/{s}.py" for s in STRATEGIES}
+    for strategy in STRATEGIES:
+        own = code_of(inputs, "augment", strategy) & strategies
+        assert own == (strategies if strategy == "mix" else {f"src/dreamstudy/augment/{strategy}.py"}), strategy
+    assert "src/dreamstudy/augment/prompts/scenes.txt" in code_of(inputs, "augment", "background")
+    assert "src/dreamstudy/augment/prompts/scenes.txt" not in code_of(inputs, "augment", "classic")
+    assert "src/dreamstudy/report/published.csv" in code_of(inputs, "report")
+    assert not code_of(inputs, "gather") & {f"src/dreamstudy/metrics/{m}.py" for m in ("encoders", "diversity")}
+
+
+def test_only_the_registries_import_our_modules_inside_functions():
+    """Imports at run time must be the ones `stage_inputs` makes too (it runs the registries' loaders)."""
+    allowed = {("dag.py", "_load_item"), ("dag.py", "_augment"), ("registry.py", "method_module"),
+               ("registry.py", "strategy_module")}
+    late = []
+    for path in [*SRC.rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                         else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                if any(n.split(".")[0] == "dreamstudy" for n in names) and (path.name, function.name) not in allowed:
+                    late.append(f"{path.relative_to(ROOT)}:{node.lineno} in {function.name}")
+    assert not late
+
+
+def test_a_stage_reads_only_the_params_it_declares(inputs):
+    assert params_of(inputs, "augment", "none") == {"train.identifier"}
+    assert {"aug.strength", "aug.num_per_image", "seed"} <= params_of(inputs, "augment", "classic")
+    assert "aug.strength" not in params_of(inputs, "augment", "classic", study="ablation")  # from its command
+    assert {"aug.img2img", "model.pretrained"} <= params_of(inputs, "augment", "img2img")
+    assert "aug.img2img" not in params_of(inputs, "augment", "classic")
+    assert params_of(inputs, "prior_set", "lora") == {"train.lora.prior_preservation"}
+    assert params_of(inputs, "prior_set", "dreambooth") == {"train.dreambooth.prior_preservation", "priors.weight"}
+    assert "train.checkpoint_every" not in params_of(inputs, "train", "lora")
+    assert "train.dreambooth" not in params_of(inputs, "train", "lora")
+    assert "data.subjects" in params_of(inputs, "gather")
+    assert "ablation" in params_of(inputs, "gather", study="ablation")
+    p = validate_params(smoke_params())
+    assert inputs[dag.inputs_file("main", "train", "lora")]["params"]["train.lora"] == p.train.lora.model_dump()
+
+
+def test_a_key_outside_the_view_is_refused():
+    p = validate_params(smoke_params())
+    view = dag.view(p, "main", "augment", "none")
+    assert view.train.identifier == p.train.identifier
+    with pytest.raises(ParamsError, match=r"stages/augment.py \(main, none\) read `aug.strength`"):
+        view.aug.strength  # noqa: B018
+    lora = dag.view(p, "main", "train", "lora")
+    assert lora.train.lora == p.train.lora and lora.train.checkpoint_every == p.train.checkpoint_every
+    with pytest.raises(ParamsError, match="`train.dreambooth.lr`"):
+        lora.train.dreambooth.lr  # noqa: B018
