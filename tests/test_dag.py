@@ -117,6 +117,7 @@ def test_a_method_stage_executes_its_own_module_and_the_shared_ones(inputs):
             assert code & methods == {f"src/dreamstudy/methods/{method}.py"}, (kind, method)
             assert (tokens in code) == (method in ("textual_inversion", "custom_diffusion")), (kind, method)
             assert f"stages/{kind}.py" in code
+    assert not code_of(inputs, "prior_set", "textual_inversion") & methods  # it reads params, imports no method
     assert "src/dreamstudy/methods/trainer.py" in code_of(inputs, "train", "lora")
     assert "src/dreamstudy/methods/trainer.py" not in code_of(inputs, "sample", "lora")
 

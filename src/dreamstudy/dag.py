@@ -35,7 +35,8 @@ class Kind:
 
     cell: tuple[str, ...]  # the grid items its command names (--subject ...)
     reads: Callable[[Params, str, str | None], list[str]]  # (params, study, item) -> keys its outputs depend on
-    by: str | None = None  # the cell item whose value changes what it reads and runs ("method", "strategy")
+    by: str | None = None  # the cell item whose value changes what it reads ("method", "strategy")
+    imports_item: bool = True  # whether it imports that item's module (registry.method_module, strategy_module)
     # keys it reads that provably leave its outputs unchanged: not in its inputs file (a test keeps each claim)
     untracked: tuple[str, ...] = ()
 
@@ -90,7 +91,7 @@ def _report(p: Params, study: str, item: None) -> list[str]:
 KINDS = {
     "fetch_data": Kind((), _fetch_data),
     "class_priors": Kind(("subject",), _class_priors),
-    "prior_set": Kind(("subject", "method"), _prior_set, by="method"),
+    "prior_set": Kind(("subject", "method"), _prior_set, by="method", imports_item=False),
     "augment": Kind(("subject", "strategy"), _augment, by="strategy"),
     "train": Kind(("subject", "method", "strategy"), _train, by="method", untracked=("train.checkpoint_every",)),
     "sample": Kind(("subject", "method", "strategy"), _sample, by="method"),
@@ -175,7 +176,8 @@ def executed_files(kind: str, item: str | None) -> list[Path]:
             for name in [name for name in sys.modules if name.split(".")[0] == "dreamstudy"]:
                 del sys.modules[name]  # this process's own (dag, params, ...): the stage imports what it needs
             runpy.run_path(f"stages/{kind}.py", run_name="stage_inputs")
-            _load_item(KINDS[kind].by, item)
+            if KINDS[kind].imports_item:
+                _load_item(KINDS[kind].by, item)
             files = sorted({str(Path(m.__file__).resolve()) for name, m in list(sys.modules.items())
                             if name.split(".")[0] == "dreamstudy" and getattr(m, "__file__", None)})
             os.write(write, json.dumps(files).encode())

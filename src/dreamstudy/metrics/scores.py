@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from dreamstudy.io import atomic_dir, write_json
-from dreamstudy.metrics.tables import DIV_COLUMNS, IMAGE_SCORE_COLUMNS, PRES_COLUMNS, REAL_IMAGE_COLUMNS, SUBJECT_KEYS
+from dreamstudy.metrics.tables import (DIV_COLUMNS, IMAGE_SCORE_COLUMNS, PRES_COLUMNS, REAL_IMAGE_COLUMNS, SUBJECT_KEYS,
+                                       read_table)
 
 Run = tuple[str, str, str]  # (method, strategy folder, subject)
 COLUMNS = {"per_image": IMAGE_SCORE_COLUMNS, "div": DIV_COLUMNS, "pres": PRES_COLUMNS,
@@ -57,16 +58,7 @@ def read_scores(folder: str | Path, run: Run) -> RunScores:
 def _read_table(file: Path, columns: tuple[str, ...], run: Run) -> pd.DataFrame:
     if not file.is_file():
         raise FileNotFoundError(f"{file}: missing (written by the evaluate stage)")
-    try:
-        table = pd.read_csv(file, dtype=TEXT_COLUMNS)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{file}: empty file (expected the columns {list(columns)})") from None
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise ValueError(f"{file}: missing column(s) {missing}")
-    if table.empty:
-        raise ValueError(f"{file}: no rows")
-    table = table[list(columns)]
+    table = read_table(file, columns, text=TEXT_COLUMNS, writer="the evaluate stage")[list(columns)]
     expected = {key: value for key, value in zip(SUBJECT_KEYS, run) if key in table.columns}
     foreign = ~table[list(expected)].eq(pd.Series(expected)).all(axis=1)
     if foreign.any():

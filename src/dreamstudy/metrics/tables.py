@@ -104,3 +104,21 @@ def _means(per_image: pd.DataFrame, keys: list[str], constants: list[str]) -> pd
         **{score: (score, "mean") for score in IMAGE_MEANS},
         n_images=(SCORES[0], "size"),
     ).reset_index()
+
+
+def read_table(path: Path, columns, *, text: dict, writer: str, error: type[Exception] = ValueError,
+               allow_empty: bool = False) -> pd.DataFrame:
+    """A CSV file that must hold `columns` (and rows, unless `allow_empty`), `text` columns read as text;
+    `error` names the file and, where it is missing, the stage that writes it (`writer`)."""
+    if not path.is_file():
+        raise error(f"{path}: missing (written by {writer})")
+    try:
+        table = pd.read_csv(path, dtype=text)
+    except pd.errors.EmptyDataError:
+        raise error(f"{path}: empty file (expected a header with {list(columns)})") from None
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise error(f"{path}: missing column(s) {missing}")
+    if table.empty and not allow_empty:
+        raise error(f"{path}: no rows")
+    return table

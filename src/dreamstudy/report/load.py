@@ -18,6 +18,7 @@ import pandas as pd
 from dreamstudy.data.dreambench import PROMPT_KINDS
 from dreamstudy.io import read_jsonl
 from dreamstudy.layout import BASELINE
+from dreamstudy.metrics.tables import read_table
 
 METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # column -> label in figures and tables
 # The metrics with a bootstrap CI in stats.csv (and a test in tests.csv), in table order.
@@ -215,18 +216,8 @@ def _read_breakdown(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, columns: list[str], allow_empty: bool = False) -> pd.DataFrame:
-    if not path.is_file():
-        raise ResultsError(f"{path}: missing (written by the gather stage)")
-    try:
-        table = pd.read_csv(path, dtype=TEXT_COLUMNS)
-    except pd.errors.EmptyDataError:
-        raise ResultsError(f"{path}: empty file (expected a header with {columns})") from None
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise ResultsError(f"{path}: missing column(s) {missing}")
-    if table.empty and not allow_empty:
-        raise ResultsError(f"{path}: no rows")
-    return table
+    return read_table(path, columns, text=TEXT_COLUMNS, writer="the gather stage", error=ResultsError,
+                      allow_empty=allow_empty)
 
 
 def _to_numbers(table: pd.DataFrame, path: Path, columns: list[str], nan_ok: bool | pd.Series) -> None:
