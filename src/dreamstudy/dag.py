@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from dreamstudy.layout import BASELINE, STUDIES
 from dreamstudy.params import METHODS, STRATEGIES, Params, ParamsError
 
@@ -112,7 +114,7 @@ def lookup(p: Params, key: str):
     node = p
     for part in key.split("."):
         node = getattr(node, part)
-    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
+    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
 
 
 class ParamsView:
@@ -128,7 +130,7 @@ class ParamsView:
         value = getattr(self._node, name)
         if key in self._allowed or any(key.startswith(f"{a}.") for a in self._allowed):
             return value
-        if hasattr(value, "model_fields"):  # a section: refuse its keys one by one
+        if isinstance(value, BaseModel):  # a section: refuse its keys one by one
             return ParamsView(value, self._allowed, self._who, key)
         raise ParamsError(f"{self._who} read `{key}`, which dreamstudy/dag.py does not list among its params: "
                           "DVC would not rerun it when that key changes; add it there")
@@ -205,8 +207,12 @@ def _preload() -> None:
 
 
 def _name(path: Path) -> str:
-    """A file's path from the repository (the working folder of every stage), else as it is."""
-    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+    """A file's name in the inputs files: src/dreamstudy/... for the package, wherever it is installed (a
+    queued `dvc exp run` works in a copy of the repository but imports the editable install), else its path
+    from the repository (stages/...)."""
+    if path.is_relative_to(PACKAGE):
+        return str(Path("src", "dreamstudy", path.relative_to(PACKAGE)))
+    return str(path.relative_to(Path.cwd().resolve()))
 
 
 def _sha256(path: Path) -> str:
