@@ -12,7 +12,6 @@ its own file. A change reruns `stage_inputs` (seconds), then DVC reruns just the
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from dreamstudy.io import file_sha256
 from dreamstudy.layout import BASELINE, STUDIES
 from dreamstudy.params import METHODS, STRATEGIES, Params, ParamsError
 
@@ -215,17 +215,13 @@ def _name(path: Path) -> str:
     return str(path.relative_to(Path.cwd().resolve()))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def stage_inputs(p: Params) -> dict[Path, dict]:
     """Every stage kind's inputs file for every study and item: {"params": {key: value}, "code": {file: sha256}}."""
     _preload()
     code = {}
     for kind, spec in KINDS.items():
         for item in ITEMS[spec.by]:
-            code[kind, item] = {_name(f): _sha256(f) for f in executed_files(kind, item)}
+            code[kind, item] = {_name(f): file_sha256(f) for f in executed_files(kind, item)}
     return {inputs_file(study, kind, item): {"params": {key: lookup(p, key) for key in spec.reads(p, study, item)},
                                              "code": code[kind, item]}
             for study in STUDIES for kind, spec in KINDS.items() for item in ITEMS[spec.by]}

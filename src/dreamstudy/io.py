@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -60,6 +61,10 @@ def write_jsonl(path: str | Path, rows) -> None:
     with atomic_file(path) as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -7,12 +7,11 @@ diffusers pipelines and OpenCV add ~1 s to the train stage's start)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import NamedTuple
 
-from dreamstudy.io import read_jsonl, write_json
+from dreamstudy.io import file_sha256, read_jsonl, write_json
 
 CAPTIONS = "captions.jsonl"
 
@@ -35,10 +34,6 @@ def read_training_set(folder: str | Path) -> list[Example]:
             for row in read_jsonl(captions)]
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_prior_set(path: str | Path, class_images: str | Path | None, weight: float | None = None) -> None:
     """Record what a run's prior preservation trains with: the class-image folder, each of its files' sha256
     and the loss weight; or, with `class_images` None, that the run has none.
@@ -51,7 +46,7 @@ def write_prior_set(path: str | Path, class_images: str | Path | None, weight: f
         folder = Path(class_images)
         read_training_set(folder)  # fails here, naming the folder, rather than in the train stage
         record = {"class_images": folder.as_posix(), "weight": weight,
-                  "files": {p.name: _digest(p) for p in sorted(folder.iterdir()) if p.is_file()}}
+                  "files": {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}}
     write_json(path, record)
 
 
@@ -66,7 +61,7 @@ def read_prior_set(path: str | Path) -> tuple[list[Example], float] | None:
     if record["class_images"] is None:
         return None
     folder = Path(record["class_images"])
-    found = {p.name: _digest(p) for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
+    found = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
     if found != record["files"]:
         raise ValueError(f"{folder} no longer holds the class images recorded in {path}: "
                          "rerun the class_priors and prior_set stages (dvc repro)")

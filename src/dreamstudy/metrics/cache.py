@@ -12,7 +12,6 @@ run filled the cache (a run's scores do not depend on the other runs).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from dreamstudy.io import atomic_file
+from dreamstudy.io import atomic_file, file_sha256
 from dreamstudy.layout import cache_dir
 from dreamstudy.metrics.encoders import Encoders
 from dreamstudy.metrics.images import open_images
@@ -32,10 +31,6 @@ TENSOR = "embedding"
 
 def default_cache_root() -> Path:
     return cache_dir() / "embeddings"
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class EmbeddingCache:
