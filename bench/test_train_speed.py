@@ -27,7 +27,9 @@ from safetensors.torch import save_file
 parser = argparse.ArgumentParser()
 parser.add_argument("--max_train_steps", type=int)
 parser.add_argument("--output_dir")
+parser.add_argument("--mixed_precision")
 args, _ = parser.parse_known_args()
+assert args.mixed_precision in ("no", "bf16"), args.mixed_precision  # fp16 is never asked for on a CPU
 weight = torch.nn.Parameter(torch.zeros(3))
 optimizer = Accelerator(cpu=True).prepare(torch.optim.AdamW([weight]))
 for _ in range(args.max_train_steps):

@@ -1,8 +1,10 @@
 """Training speed of our `train` stage against diffusers' reference DreamBooth scripts (issue "speed and memory").
 
     python bench/train_speed.py [--reference-dir DIR] [--methods lora dreambooth] [--steps 200] [--repeats 3]
+                                [--pretrained tiny|sd15-random|FOLDER] [--mixed-precision fp32|bf16|fp16]
 
-On the tiny model at 64 px, batch 1, the same model folder, images and torch threads for every side:
+On the tiny model at 64 px by default (sd15-random: SD 1.5's size), batch 1, the same model folder, images,
+precision and torch threads for every side:
  (a) steady-state steps/s: the median interval between optimizer steps after warm-up, taken by a
      global optimizer-step hook (bench/steptimer.py), and the bare UNet forward+backward+AdamW step of
      the same batch (bench/bare_step.py) as the floor;
@@ -49,6 +51,7 @@ TARGET_SPEEDUP = 1.2  # ours vs reference, steady steps/s and whole run (the iss
 TARGET_BARE_OVERHEAD = 0.10  # our step at most 10% slower than the bare step
 LAYOUT = Layout()  # the main study's folders
 STRATEGY = "none"  # the original images, as the reference scripts train on them
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> the scripts' --mixed_precision
 VERSIONS = ("torch", "diffusers", "transformers", "peft", "accelerate", "dvclive")
 
 
@@ -77,7 +80,8 @@ def reference_dir(given: Path | None) -> tuple[Path, str]:
         tmp = folder / f".{name}.tmp"
         tmp.write_bytes(text)
         tmp.replace(folder / name)  # whole or absent
-    return folder, f"diffusers v{tag} (raw.githubusercontent.com)"
+    source = folder / "SOURCE.txt"  # put there by whoever filled the folder by hand (offline), saying from where
+    return folder, source.read_text().strip() if source.is_file() else f"diffusers v{tag} (raw.githubusercontent.com)"
 
 
 def cpu_model() -> str:
@@ -97,19 +101,20 @@ def machine_info(threads: int) -> dict:
     }
 
 
-def prepare(root: Path, subject: str, methods: list[str], resolution: int, steps: int) -> tuple[Path, Path, str]:
+def prepare(root: Path, args: argparse.Namespace, methods: list[str]) -> tuple[Path, Path, str]:
     """A DVC working folder as the DAG leaves it before `train` (data/dreambench, data/augmented/none/<subject>,
     data/prior_sets, params.yaml), and a folder of the same images for the reference scripts.
 
     Returns (working folder, reference image folder, instance caption)."""
-    work = root / "work"
+    work, subject, resolution = root / "work", args.subject, args.resolution
     params = yaml.safe_load((REPO / "params.smoke.yaml").read_text())
     params["data"].update(subjects=[subject], image_size=resolution)
-    params["model"]["resolution"] = resolution
+    params["model"].update(pretrained=args.pretrained, resolution=resolution)
     params["aug"]["strategies"] = [STRATEGY]
-    params["train"].update(methods=methods, checkpoint_every=NEVER)
+    params["train"].update(methods=methods, checkpoint_every=dict.fromkeys(METHODS, NEVER),
+                           mixed_precision=args.mixed_precision)
     for method in methods:  # the reference scripts' defaults: no prior preservation, frozen text encoder
-        params["train"][method].update(steps=steps, batch_size=1, prior_preservation=False)
+        params["train"][method].update(steps=args.steps, batch_size=1, prior_preservation=False)
     work.mkdir(parents=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     # `dvc repro` runs stages in a DVC repository, where dvclive also signals each step to DVC's tooling
@@ -151,6 +156,7 @@ class Bench:
                     f"--instance_data_dir={self.instances}", f"--instance_prompt={self.caption}",
                     f"--resolution={a.resolution}", "--train_batch_size=1", f"--max_train_steps={a.steps}",
                     f"--checkpointing_steps={NEVER}", f"--learning_rate={lr}", "--seed=0",
+                    f"--mixed_precision={ACCELERATE_PRECISION[a.mixed_precision]}",
                     f"--output_dir={out}"], self.root, out, self.env
         cell = (method, STRATEGY, a.subject)
         for folder in (LAYOUT.train_log(*cell), LAYOUT.checkpoint(*cell)):  # each run starts from the DAG's inputs
@@ -202,9 +208,12 @@ def steady(run: dict, warmup: int) -> dict:
             "steps": len(wall), "torch_threads": run["torch_threads"]}
 
 
-def bare_run(model: str, method: str, resolution: int, env: dict) -> dict:
-    """Median bare step (bench/bare_step.py) with torch's default AdamW and, as `fused_*`, fused AdamW."""
-    done = subprocess.run([sys.executable, BENCH / "bare_step.py", model, method, f"--resolution={resolution}"],
+def bare_run(model: str, method: str, args: argparse.Namespace, env: dict) -> dict:
+    """Median bare step (bench/bare_step.py) with torch's default AdamW and, as `fused_*`, fused AdamW, over
+    as many steps after as many warm-up steps as the runs."""
+    done = subprocess.run([sys.executable, BENCH / "bare_step.py", model, method, f"--resolution={args.resolution}",
+                           f"--steps={args.steps - args.warmup}", f"--warmup={args.warmup}",
+                           f"--mixed-precision={args.mixed_precision}"],
                           env=env, check=True, capture_output=True, text=True)
     times = json.loads(done.stdout)
     return {f"{prefix}{key}": statistics.median(times[optimizer][clock])
@@ -285,6 +294,10 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1; our "
                         "stage runs the tiny model on one thread whatever this says, and the bench stops then)")
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--pretrained", default="tiny", help="model.pretrained of every side: tiny (default), "
+                        "sd15-random (SD 1.5's size, random weights) or a diffusers folder")
+    parser.add_argument("--mixed-precision", default="fp32", choices=list(ACCELERATE_PRECISION),
+                        help="train.mixed_precision of every side (fp16 needs CUDA)")
     parser.add_argument("--subject", default="dog")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[],
                         help="LABEL=DIR: also bench the train stage of DIR, a changed copy of this repository")
@@ -298,14 +311,14 @@ def main(argv=None) -> None:
     if not methods:
         sys.exit(f"error: none of {args.methods} is a registered method ({sorted(METHODS)})")
     scripts, reference_source = reference_dir(args.reference_dir)
-    model = resolve_pretrained("tiny")
+    model = resolve_pretrained(args.pretrained)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     sides = {"ours": REPO, **dict(args.variant)}
     order = [*sides, "reference"]
     root = Path(tempfile.mkdtemp(prefix="dreamstudy-bench-"))
     try:
-        work, instances, caption = prepare(root, args.subject, methods, args.resolution, args.steps)
+        work, instances, caption = prepare(root, args, methods)
         bench = Bench(root, work, instances, caption, model, scripts, env, sides, args)
         runs = {m: {side: [] for side in order} for m in methods}
         bare = {m: [] for m in methods}
@@ -317,7 +330,7 @@ def main(argv=None) -> None:
                     runs[method][side].append(run)
                     print(f"[{repeat + 1}/{args.repeats}] {method} {side}: {1 / run['step_s']:.1f} steps/s, "
                           f"{run['to_weights_s']:.2f} s to weights", flush=True)
-                bare[method].append(bare_run(model, method, args.resolution, env))
+                bare[method].append(bare_run(model, method, args, env))
             load.append(os.getloadavg()[0])
     finally:
         shutil.rmtree(root, ignore_errors=True)

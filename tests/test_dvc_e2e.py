@@ -165,7 +165,7 @@ def test_the_strength_reruns_only_graded_augmentations(smoke):
 
 def test_settings_that_leave_outputs_unchanged_rerun_nothing(smoke):
     repo, _ = smoke
-    assert with_params(repo, **{"train.checkpoint_every": 7}) == set()
+    assert with_params(repo, **{"train.checkpoint_every.lora": 7}) == set()
 
 
 def test_a_method_module_reruns_only_that_method(smoke):

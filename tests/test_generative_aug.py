@@ -16,7 +16,7 @@ from dreamstudy.augment.controlnet import canny_edges, generated_count
 from dreamstudy.augment.generative import base_pipeline, context_prompts, draw_prompts
 from dreamstudy.augment.img2img import img2img_steps
 from dreamstudy.io import read_jsonl
-from dreamstudy.models.loading import ModelLoadError, cache_dir, tiny_folder
+from dreamstudy.models.loading import ModelLoadError, cache_dir, random_model_folder as tiny_folder
 from dreamstudy.models.tiny_controlnet import build_tiny_controlnet, load_controlnet, tiny_controlnet_folder
 from dreamstudy.params import load_params
 from tests.helpers import ROOT, noise_image

@@ -8,12 +8,12 @@ import huggingface_hub.constants
 import open_clip
 import pytest
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
-from transformers import CLIPTokenizer
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dreamstudy.models import loading, tiny
+from dreamstudy.models import loading, sd15, tiny
 from dreamstudy.models.loading import ModelLoadError, load_components, load_pipeline, resolve_pretrained
-from dreamstudy.models.tiny import build_tiny_pipeline
+from dreamstudy.models.tiny import build_random_pipeline
 from dreamstudy.models.tokenizer import write_clip_tokenizer
 
 PROMPTS = [
@@ -97,9 +97,9 @@ def test_tiny_pipeline_generates_requested_size(tiny_folder):
 
 
 def test_tiny_build_is_bit_identical_per_seed(tiny_folder, tmp_path):
-    build_tiny_pipeline(tmp_path / "same", seed=loading.TINY_SEED)
+    build_random_pipeline(tmp_path / "same", seed=loading.TINY_SEED)
     assert file_hashes(tmp_path / "same") == file_hashes(tiny_folder)
-    build_tiny_pipeline(tmp_path / "other", seed=loading.TINY_SEED + 1)
+    build_random_pipeline(tmp_path / "other", seed=loading.TINY_SEED + 1)
     unet_weights = "unet/diffusion_pytorch_model.safetensors"
     assert file_hashes(tmp_path / "other")[unet_weights] != file_hashes(tiny_folder)[unet_weights]
 
@@ -117,20 +117,20 @@ def test_tiny_unet_step_is_fast(tiny_folder):
 
 
 def test_tiny_is_cached_not_rebuilt(tiny_folder, monkeypatch):
-    monkeypatch.setattr(tiny, "build_tiny_pipeline", lambda *a, **k: pytest.fail("rebuilt a cached model"))
+    monkeypatch.setattr(tiny, "build_random_pipeline", lambda *a, **k: pytest.fail("rebuilt a cached model"))
     assert Path(resolve_pretrained("tiny")) == tiny_folder
 
 
 def test_concurrent_tiny_builders_keep_one_complete_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMSTUDY_CACHE", str(tmp_path))
-    final = tmp_path / f"tiny-{loading.tiny_fingerprint()}"
+    final = tmp_path / f"tiny-{loading.random_model_fingerprint()}"
 
-    def build_while_another_finishes(folder, seed):
+    def build_while_another_finishes(folder, architecture, seed):
         (folder / "model_index.json").write_text("loser")
         final.mkdir()  # the other builder renames its complete folder into place first
         (final / "model_index.json").write_text("winner")
 
-    monkeypatch.setattr(tiny, "build_tiny_pipeline", build_while_another_finishes)
+    monkeypatch.setattr(tiny, "build_random_pipeline", build_while_another_finishes)
     assert Path(resolve_pretrained("tiny")) == final
     assert (final / "model_index.json").read_text() == "winner"
     assert [p.name for p in tmp_path.iterdir()] == [final.name], "temporary build left behind"
@@ -139,14 +139,34 @@ def test_concurrent_tiny_builders_keep_one_complete_folder(tmp_path, monkeypatch
 def test_failed_tiny_build_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMSTUDY_CACHE", str(tmp_path))
 
-    def broken_build(folder, seed):
+    def broken_build(folder, architecture, seed):
         (folder / "model_index.json").write_text("half")
         raise RuntimeError("out of disk")
 
-    monkeypatch.setattr(tiny, "build_tiny_pipeline", broken_build)
+    monkeypatch.setattr(tiny, "build_random_pipeline", broken_build)
     with pytest.raises(RuntimeError, match="out of disk"):
         resolve_pretrained("tiny")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sd15_random_has_sd15s_exact_size(tmp_path, monkeypatch):
+    """sd15-random is SD 1.5's architecture: the parameter counts of its three models, built on the meta
+    device (no memory), are stable-diffusion-v1-5's, and the name resolves to its own cached folder."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd15.UNET_CONFIG)
+        vae = AutoencoderKL(**sd15.VAE_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**sd15.TEXT_ENCODER_CONFIG))
+    sizes = [sum(p.numel() for p in model.parameters()) for model in (unet, text_encoder, vae)]
+    assert sizes == [859_520_964, 123_060_480, 83_653_863]
+
+    monkeypatch.setenv("DREAMSTUDY_CACHE", str(tmp_path))
+    built = []
+    monkeypatch.setattr(tiny, "build_random_pipeline",
+                        lambda folder, architecture, seed: built.append(architecture) or
+                        (folder / "model_index.json").write_text("{}"))
+    folder = Path(resolve_pretrained("sd15-random"))
+    assert built == [sd15.ARCHITECTURE] and folder.name.startswith("sd15-random-")
+    assert loading.random_model_fingerprint("sd15-random") != loading.random_model_fingerprint("tiny")
 
 
 def test_local_folder_needs_model_index(tmp_path):

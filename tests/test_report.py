@@ -14,11 +14,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dreamstudy.io import write_json, write_jsonl
+from dreamstudy.io import read_jsonl, write_json, write_jsonl
+from dreamstudy.models.loading import RANDOM_MODELS
 from dreamstudy.report import ResultsError, load_results, write_report
 from dreamstudy.report.ablation import strength_figure, write_ablation_report
 from dreamstudy.report.figures import breakdown_figure, dino_vs_clip_t_figure, metrics_figure, samples_figure
-from dreamstudy.report.load import RANDOM_INIT_LABEL, STAT_METRICS, TINY_MODEL_LABEL
+from dreamstudy.report.latex import escape_latex
+from dreamstudy.report.load import RANDOM_INIT_LABEL, RANDOM_MODEL_LABEL, STAT_METRICS
 from dreamstudy.report.overfitting import memorization_figure, overfitting_figure
 from dreamstudy.report.plotting import plt
 from dreamstudy.report.published import load_published
@@ -48,10 +50,14 @@ EXPECTED_FILES |= {f"tables/{name}.tex" for name in ["main", "overfitting", "bre
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
+PROTOCOL = {"scheduler": "ddim", "num_inference_steps": 50}  # DreamBench's sampling
+
+
 def make_results(root: Path, pretrained: bool = False, strategies: list[str] = STRATEGIES, model: str = SD15,
-                 confidence: float = CONFIDENCE, alpha: float = ALPHA) -> Path:
-    """A results/ tree as the sample and gather stages write it."""
-    per_image = make_samples(root, strategies, model)
+                 confidence: float = CONFIDENCE, alpha: float = ALPHA, sampling: dict = PROTOCOL) -> Path:
+    """A results/ tree as the sample and gather stages write it; `sampling`: the samples' scheduler and
+    num_inference_steps, or a function of (strategy, subject) that gives them."""
+    per_image = make_samples(root, strategies, model, sampling)
     metrics = root / "metrics"
     metrics.mkdir()
     per_image.to_csv(metrics / "per_image.csv", index=False)
@@ -90,7 +96,7 @@ def make_results(root: Path, pretrained: bool = False, strategies: list[str] = S
     return root
 
 
-def make_samples(root: Path, strategies: list[str], model: str) -> pd.DataFrame:
+def make_samples(root: Path, strategies: list[str], model: str, sampling) -> pd.DataFrame:
     """Sample folders with samples.jsonl and 8 px PNGs; returns per_image.csv's rows."""
     rows = []
     for strategy in strategies:
@@ -106,7 +112,8 @@ def make_samples(root: Path, strategies: list[str], model: str) -> pd.DataFrame:
                     sample = {"subject": subject, "class": subject_class, "method": "lora", "strategy": strategy,
                               "prompt_index": prompt_index, "prompt_kind": "recontextualization",
                               "prompt": template.format(subject_class), "identifier": "sks",
-                              "image_index": image_index, "seed": 7, "file": file, "model": model}
+                              "image_index": image_index, "seed": 7, "file": file, "model": model,
+                              **(sampling(strategy, subject) if callable(sampling) else sampling)}
                     samples.append(sample)
                     dino = DINO_BASE.get(strategy, 0.3 + 0.05 * strategies.index(strategy)) + \
                         SUBJECT_OFFSET[subject] + 0.02 * image_index
@@ -115,7 +122,7 @@ def make_samples(root: Path, strategies: list[str], model: str) -> pd.DataFrame:
                                  "clip_t": 0.3, "mem_dino": mem_dino, "mem_clip_i": mem_dino,
                                  "memorized": mem_dino > THRESHOLD})
             write_jsonl(folder / "samples.jsonl", samples)
-    return pd.DataFrame(rows).drop(columns=["identifier", "model"])
+    return pd.DataFrame(rows).drop(columns=["identifier", "model", "scheduler", "num_inference_steps"])
 
 
 @pytest.fixture(autouse=True)
@@ -201,7 +208,8 @@ def test_published_numbers_stand_beside_ours_with_their_protocol(paper):
     caption = re.search(r"\\caption\{(.*)\}", text).group(1)
     for fact in ["a: Ruiz et al., DreamBooth, CVPR 2023, Table 1 (30 subjects)", "b: DreamCache, arXiv:2411.17786",
                  "Table 3 (15 subjects)", "not CLIPScore (2.5 x cosine)", "without the identifier token",
-                 "2 subjects x 3 prompts x 2 images per prompt", SD15, "DINO dino\\_vits16", RANDOM_INIT_LABEL]:
+                 "2 subjects x 3 prompts x 2 images per prompt", f"{SD15}, ddim 50 steps;", "DINO dino\\_vits16",
+                 RANDOM_INIT_LABEL]:
         assert fact in caption, fact
     published = load_published()  # every row of REFERENCE.md's tables
     assert len(published) == 10 and published["dino"].notna().all()
@@ -291,12 +299,51 @@ def test_no_random_init_label_with_pretrained_encoders(tmp_path):
         assert "random-init" not in title.lower()
 
 
-def test_tiny_model_label_in_every_caption(tmp_path):
-    results = load(make_results(tmp_path / "results", pretrained=True, model="tiny"))
+@pytest.mark.parametrize("model", sorted(RANDOM_MODELS))
+def test_random_model_label_names_the_model_in_every_caption(tmp_path, model):
+    results = load(make_results(tmp_path / "results", pretrained=True, model=model))
+    label = RANDOM_MODEL_LABEL.format(model=model)
+    assert f"'{model}'" in label
     write_report(results, tmp_path / "paper")
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
-        assert TINY_MODEL_LABEL in tex.read_text()
-    assert all(TINY_MODEL_LABEL in title for title in figure_titles(results))
+        assert escape_latex(label) in tex.read_text(), tex.name
+    assert all(label in title for title in figure_titles(results))
+
+
+def test_no_model_label_for_stable_diffusion(tmp_path):
+    results = load(make_results(tmp_path / "results", pretrained=True))
+    assert results.caption("Scores.") == "Scores."
+
+
+def test_sampling_deviation_from_dreambench_is_labelled(tmp_path):
+    """DreamBench samples with 50 DDIM steps; any other scheduler or step count is named in every caption."""
+    dpm = {"scheduler": "dpm", "num_inference_steps": 25}
+    results = load(make_results(tmp_path / "results", pretrained=True, sampling=dpm))
+    label = "Sampling deviates from the DreamBench protocol (50 DDIM steps): dpm, 25 steps."
+    assert results.caption("Scores.") == f"Scores. {label}"
+    write_report(results, tmp_path / "paper")
+    for tex in (tmp_path / "paper").glob("tables/*.tex"):
+        assert escape_latex(label) in tex.read_text(), tex.name
+    assert all(label in title for title in figure_titles(results))
+
+
+def test_every_deviating_sampling_is_named_once(tmp_path):
+    """Runs sampled differently (fewer DDIM steps for some): each deviating setting once, in order, not the protocol."""
+    def few(strategy: str, subject: str) -> dict:
+        return {"scheduler": "ddim", "num_inference_steps": 50 if strategy == "none" else 4}
+
+    results = load(make_results(tmp_path / "results", pretrained=True, sampling=few))
+    assert results.sampling == [("ddim", 50), ("ddim", 4)]
+    assert results.caption("Scores.").endswith("(50 DDIM steps): ddim, 4 steps.")
+
+
+def test_no_deviation_label_with_50_ddim_steps(tmp_path):
+    results = load(make_results(tmp_path / "results", pretrained=True))
+    assert results.sampling == [("ddim", 50)]
+    write_report(results, tmp_path / "paper")
+    for tex in (tmp_path / "paper").glob("tables/*.tex"):
+        assert "deviates" not in tex.read_text(), tex.name
+    assert not any("deviates" in title for title in figure_titles(results))
 
 
 def test_captions_state_the_recorded_confidence_and_alpha(tmp_path):
@@ -419,6 +466,16 @@ def set_cell(name: str, column: str, value, row: int = 0):
     return damage
 
 
+def set_sample(key: str, value=None):
+    """Row 2 of lora/none/dog's samples.jsonl with `key` set to `value`, or without it (None)."""
+    def damage(root: Path) -> None:
+        index = root / "samples" / "lora" / "none" / "dog" / "samples.jsonl"
+        rows = read_jsonl(index)
+        rows[1].pop(key) if value is None else rows[1].update({key: value})
+        write_jsonl(index, rows)
+    return damage
+
+
 @pytest.mark.parametrize("damage, named", [
     (lambda r: metrics(r, "per_image.csv").unlink(), "per_image.csv"),
     (lambda r: metrics(r, "stats.csv").unlink(), "stats.csv"),
@@ -428,6 +485,9 @@ def set_cell(name: str, column: str, value, row: int = 0):
     (lambda r: metrics(r, "encoders.json").write_text(json.dumps({"pretrained": "no"})), "encoders.json"),
     (lambda r: (r / "samples" / "lora" / "classic" / "dog" / "01_1.png").unlink(), "01_1.png"),
     (lambda r: (r / "samples" / "lora" / "none" / "backpack" / "samples.jsonl").unlink(), "samples.jsonl"),
+    (set_sample("scheduler"), "dog/samples.jsonl: row 2 lacks ['scheduler']"),  # sampled before it was recorded
+    (set_sample("num_inference_steps"), "dog/samples.jsonl: row 2 lacks ['num_inference_steps']"),
+    (set_sample("num_inference_steps", "50"), "dog/samples.jsonl: row 2: expected a scheduler name"),
     (lambda r: edit_csv(metrics(r, "per_subject.csv"), lambda t: t.drop(columns="clip_t")), "per_subject.csv"),
     (lambda r: edit_csv(metrics(r, "per_subject.csv"), lambda t: t.drop(columns="pres_base")), "per_subject.csv"),
     (set_cell("per_subject.csv", "dino", np.nan), "per_subject.csv"),   # only div and pres may be NaN

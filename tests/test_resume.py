@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import Checkpointing, train
+from dreamstudy.methods.trainer import Checkpointing, Hardware, train
 from dreamstudy.models.loading import load_components
 from tests.helpers import noise_examples, smoke_train_params
 
@@ -22,8 +22,10 @@ def examples(tmp_path_factory):
     return noise_examples(tmp_path_factory.mktemp("images"), 3, seed=1, size=32)
 
 
-def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3, every=2):
-    method, schedule = get_method("lora", smoke_train_params(lora={"steps": STEPS, "batch_size": 2}))
+def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3, every=2, method_name="lora",
+        hardware=Hardware()):
+    method, schedule = get_method(method_name, smoke_train_params(
+        **{method_name: {"steps": STEPS, "batch_size": 2, "prior_preservation": False}}))
     parts = load_components("tiny")
     losses = []
 
@@ -34,12 +36,16 @@ def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3, eve
 
     try:
         train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=32, seed=seed,
-              checkpointing=Checkpointing(checkpoints, every=every, fingerprint=fingerprint), log=log)
+              checkpointing=Checkpointing(checkpoints, every=every, fingerprint=fingerprint), hardware=hardware,
+              log=log)
     except Killed:
         return None, losses
     out.mkdir()
     method.save(parts, out)
-    return hashlib.sha256((out / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest(), losses
+    digest = hashlib.sha256()
+    for path in sorted(out.rglob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest(), losses
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +78,13 @@ def test_the_checkpoint_interval_leaves_the_weights_unchanged(examples, uninterr
     """Why train.checkpoint_every is no dependency of the train stage (dreamstudy.dag)."""
     for every in (1, STEPS + 1):
         assert run(examples, tmp_path / f"out{every}", tmp_path / f"ckpt{every}", every=every) == uninterrupted
+
+
+def test_resumed_run_is_bit_identical_in_bf16_with_8bit_adam(examples, tmp_path):
+    """The memory switches keep resuming exact: bf16 autocast over bf16 frozen weights, and bitsandbytes'
+    8-bit AdamW moments (DreamBooth, whose weights are large enough for them) through the safetensors file."""
+    pytest.importorskip("bitsandbytes", reason="requirements-gpu.txt, which `make test` installs")
+    hardware = Hardware(mixed_precision="bf16", use_8bit_adam=True)
+    whole = run(examples, tmp_path / "whole", tmp_path / "whole_ckpt", method_name="dreambooth", hardware=hardware)
+    run(examples, tmp_path / "out", tmp_path / "ckpt", kill_at=5, method_name="dreambooth", hardware=hardware)
+    assert run(examples, tmp_path / "out", tmp_path / "ckpt", method_name="dreambooth", hardware=hardware) == whole

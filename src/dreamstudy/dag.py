@@ -73,7 +73,9 @@ def _train(p: Params, study: str, method: str) -> list[str]:
 def _sample(p: Params, study: str, method: str) -> list[str]:
     return ["seed", "model.pretrained", "model.resolution", "train.identifier", f"train.{method}",
             "data.prompts_per_subject", "sample.images_per_prompt", "sample.num_inference_steps",
-            "sample.guidance_scale", "sample.scheduler", "sample.batch_size", "sample.pres_images"]
+            "sample.guidance_scale", "sample.scheduler", "sample.batch_size", "sample.pres_images",
+            # other kernels: the images change in the last bits, as with sample.batch_size
+            "sample.compile", "sample.channels_last"]
 
 
 def _evaluate(p: Params, study: str, item: None) -> list[str]:

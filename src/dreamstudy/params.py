@@ -166,14 +166,25 @@ class CustomDiffusionParams(MethodParams):
     pass
 
 
+class CheckpointParams(Section):
+    """Steps between resumable checkpoints, per method. Only the latest is kept, and it holds the trained
+    weights and both AdamW moments in float32: at SD 1.5's size 10.3 GB for DreamBooth, 3 MB for LoRA."""
+
+    dreambooth: PositiveInt = Field(400, description="DreamBooth's checkpoints are the UNet thrice over: few")
+    lora: PositiveInt = Field(100)
+    textual_inversion: PositiveInt = Field(500)
+    custom_diffusion: PositiveInt = Field(100)
+
+
 class TrainParams(Section):
     methods: list[Literal[METHODS]] = Field(description="personalization methods of the study (DAG shape)")
     identifier: str = Field("sks", description="rare token that names the subject")
-    checkpoint_every: PositiveInt = Field(100, description="steps between resumable checkpoints")
+    checkpoint_every: CheckpointParams = Field(
+        default_factory=CheckpointParams, description="steps between resumable checkpoints, per method")
     # "fp32", not accelerate's "no": YAML reads an unquoted no as false, and `dvc exp run -S` unquotes
     mixed_precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="autocast dtype on GPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save GPU memory")
-    use_8bit_adam: bool = Field(False, description="bitsandbytes AdamW8bit when importable (GPU)")
+    use_8bit_adam: bool = Field(False, description="bitsandbytes' AdamW8bit (needs bitsandbytes; GPU or CPU)")
     dreambooth: DreamBoothParams
     lora: LoraParams
     textual_inversion: TextualInversionParams
@@ -203,6 +214,8 @@ class SampleParams(Section):
     batch_size: PositiveInt = Field(4, description="images per pipeline call")
     pres_images: Annotated[int, Field(ge=0)] = Field(
         4, description="'a photo of a {class}' images per fine-tuned model, for PRES (<= priors.num_images)")
+    compile: bool = Field(False, description="torch.compile the UNet (GPU; first batch pays the compilation)")
+    channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format")
 
 
 class AblationParams(Section):

@@ -14,8 +14,8 @@ text-to-image of the class, no longer the subject.)
 No caption tags, as for `img2img`; generated images are at `ctx.resolution`.
 
 ControlNet, thresholds, conditioning scale and denoising: `ctx.controlnet` (aug.controlnet); the ControlNet
-is the built-in random-init tiny one when `model.pretrained` is "tiny" (models/tiny_controlnet.py), whatever
-aug.controlnet.model says, since only it fits the tiny UNet.
+is the built-in random-init one of a built-in `model.pretrained` ("tiny", "sd15-random"; models/tiny_controlnet.py),
+whatever aug.controlnet.model says, since only it fits that random UNet.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from PIL import Image
 
 from dreamstudy.augment.generative import GENERATIVE, base_pipeline, draw_prompts, fit, generators
 from dreamstudy.augment.registry import Augmented, Context, register
-from dreamstudy.models.loading import TINY
+from dreamstudy.models.loading import RANDOM_MODELS
 from dreamstudy.models.tiny_controlnet import load_controlnet
 from dreamstudy.seeding import derive_seed
 
@@ -51,7 +51,7 @@ def generated_count(strength: float, num_per_image: int, rng: np.random.Generato
 @functools.cache
 def controlnet_pipeline(pretrained: str, controlnet_model: str) -> StableDiffusionControlNetPipeline:
     base = base_pipeline(pretrained)
-    controlnet = load_controlnet(TINY if pretrained == TINY else controlnet_model,
+    controlnet = load_controlnet(pretrained if pretrained in RANDOM_MODELS else controlnet_model,
                                  torch_dtype=base.dtype, device=base.device)
     # from_pipe shares the base weights; its own scheduler keeps its state out of the other pipelines'.
     pipe = StableDiffusionControlNetPipeline.from_pipe(

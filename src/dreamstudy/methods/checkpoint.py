@@ -23,10 +23,14 @@ def save(checkpointing, step: int, trainable, optimizer, lr_scheduler, losses: l
     optimizer_state = optimizer.state_dict()
     tensors = {f"param.{i}": p.detach().contiguous() for i, p in enumerate(trainable)}
     plain = {}
+    stored = set()
     for index, state in optimizer_state["state"].items():
-        for key, value in state.items():
+        for key, value in flatten(state):
             if torch.is_tensor(value):
-                tensors[f"optim.{index}.{key}"] = value.contiguous()
+                # safetensors refuses shared memory, and bitsandbytes shares its quantisation maps
+                shared = value.data_ptr() in stored
+                stored.add(value.data_ptr())
+                tensors[f"optim.{index}.{key}"] = value.clone() if shared else value.contiguous()
             else:
                 plain[f"{index}.{key}"] = value
     meta = {"fingerprint": checkpointing.fingerprint, "step": step, "losses": losses,
@@ -35,6 +39,15 @@ def save(checkpointing, step: int, trainable, optimizer, lr_scheduler, losses: l
     with atomic_dir(checkpointing.folder) as tmp:
         save_file(tensors, tmp / TENSORS)
         (tmp / STATE).write_text(json.dumps(meta))
+
+
+def flatten(state: dict, prefix: str = ""):
+    """(dotted key, value) of a nested optimizer state: bitsandbytes keeps its 8-bit moments in a sub-dict."""
+    for key, value in state.items():
+        if isinstance(value, dict):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def resume(checkpointing, trainable, optimizer, lr_scheduler) -> tuple[int, list[float]]:
@@ -51,13 +64,13 @@ def resume(checkpointing, trainable, optimizer, lr_scheduler) -> tuple[int, list
         for i, p in enumerate(trainable):
             p.copy_(tensors[f"param.{i}"])
     state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for key, value in meta["optimizer_plain"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+    optimizer_values = [(key.removeprefix("optim."), value) for key, value in tensors.items() if key.startswith("optim.")]
+    for key, value in optimizer_values + list(meta["optimizer_plain"].items()):
+        index, *path, name = key.split(".")
+        node = state.setdefault(int(index), {})
+        for part in path:
+            node = node.setdefault(part, {})
+        node[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     lr_scheduler.load_state_dict(meta["lr_scheduler"])
     torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))

@@ -33,6 +33,7 @@ def train_run(p, *, subject, method_name: str, strategy: str, training_set: str 
     `prior_set` (trainset.write_prior_set) names, if any, and save it to `out_dir`."""
     training_set, checkpoint_dir = Path(training_set), Path(checkpoint_dir)
     method, schedule = get_method(method_name, p.train)
+    hardware = Hardware(p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam)
     tokenizer = load_tokenizer(p.model.pretrained)  # checked before any model loads, then reused (~0.3 s a load)
     method.check(tokenizer, method.token(p.train.identifier))
     examples = Examples(read_training_set(training_set))
@@ -51,8 +52,7 @@ def train_run(p, *, subject, method_name: str, strategy: str, training_set: str 
               "identifier": p.train.identifier, "method": getattr(p.train, method_name).model_dump(),
               "hardware": [p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam],
               "prior_weight": prior.weight if prior else None}
-    checkpointing = Checkpointing(checkpoint_dir, p.train.checkpoint_every, fingerprint(config, inputs))
-    hardware = Hardware(p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam)
+    checkpointing = Checkpointing(checkpoint_dir, getattr(p.train.checkpoint_every, method_name), fingerprint(config, inputs))
     parts = load_components(p.model.pretrained, tokenizer=tokenizer)
     train(method, schedule, parts, examples, identifier=p.train.identifier, class_name=subject.class_name,
           resolution=p.model.resolution, seed=derive_seed(p.seed, "train", run), prior=prior,

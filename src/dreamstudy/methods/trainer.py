@@ -1,8 +1,10 @@
 """The one training loop of every method: the DreamBooth objective of diffusers' example scripts.
 
 - Frozen parts are not recomputed per step: each training image's VAE latent distribution is encoded
-  once and a latent drawn from it each step (exactly what encoding the image again would draw), and,
-  unless the method trains the text encoder, each caption's embedding is computed once.
+  once, when a batch first needs it, and a latent drawn from it each step (exactly what encoding the image
+  again would draw), and, unless the method trains the text encoder, each caption's embedding likewise.
+- Mixed precision as diffusers' scripts: frozen weights are cast to the autocast dtype (fp16/bf16), the
+  trained ones stay float32; a text encoder with any trained weight stays float32 whole.
 - Prior preservation: class images join the batch, and their loss is added with `prior.weight`.
 - Resume: every random draw of step s comes from a generator seeded with (seed, s), so a checkpoint
   needs only the trainable weights, the optimizer and LR-scheduler states and the step to continue
@@ -69,19 +71,32 @@ class Optimization:
         return cls(section.weight_decay, section.max_grad_norm)
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BITSANDBYTES = "-r requirements-gpu.txt"  # bitsandbytes, pinned
+
+
 @dataclass(frozen=True)
 class Hardware:
-    """Speed and memory switches (GPU); all off gives the plain float32 loop."""
+    """Speed and memory switches; all off gives the plain float32 loop. Checked when made, which the
+    train stage does before any model loads."""
 
     mixed_precision: str = "fp32"        # "fp32" | "fp16" | "bf16"
-    gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False          # only when bitsandbytes is importable
+    gradient_checkpointing: bool = False  # in the UNet and, where it trains, the text encoder
+    use_8bit_adam: bool = False          # bitsandbytes' AdamW8bit (GPU and CPU)
 
     def __post_init__(self):
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
             # accelerate would fail later, inside the loop, without naming the setting
             raise ValueError("train.mixed_precision: fp16 needs a CUDA GPU and none is available; "
                              "use bf16 (CPUs autocast to it) or fp32")
+        if self.use_8bit_adam and find_spec("bitsandbytes") is None:
+            raise ValueError(f"train.use_8bit_adam: true needs bitsandbytes, which is not installed: "
+                             f"`pip install {BITSANDBYTES}`, or set it to false")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of autocast and of the frozen weights."""
+        return DTYPES[self.mixed_precision]
 
 
 @dataclass(frozen=True)
@@ -117,33 +132,48 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_distribution(vae, pixels: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    dists = [vae.encode(part.to(vae.device, vae.dtype)).latent_dist for part in pixels.split(chunk)]
-    return torch.cat([d.mean for d in dists]).float(), torch.cat([d.std for d in dists]).float()
+def latent_distribution(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
 
 
 class EncodedSet:
-    """One example set with everything frozen about it computed once."""
+    """One example set, with everything frozen about an example computed once, when a batch first needs it.
+
+    One example at a time, so an example's latents and text do not depend on which others share the call
+    (batched kernels round differently): a resumed run sees the same values as an uninterrupted one."""
 
     def __init__(self, parts, examples: Examples, resolution: int, encode_text_once: bool):
-        paths, captions, masks = zip(*examples.items, strict=True)
-        self.mean, self.std = latent_distribution(parts.vae, pixel_batch(list(paths), resolution))
+        self.paths, captions, masks = zip(*examples.items, strict=True)
+        self.resolution = resolution
+        self.latent_size = resolution // (2 ** (len(parts.vae.config.block_out_channels) - 1))
         self.mask = None
         if any(masks):
-            self.mask = latent_masks(list(masks), resolution, self.mean.shape[-1]).to(self.mean.device)
-        self.ids = tokenize(parts.tokenizer, list(captions)).to(self.mean.device)
-        self.text = None
-        if encode_text_once:
-            with torch.no_grad():
-                self.text = parts.text_encoder(self.ids)[0]
+            self.mask = latent_masks(list(masks), resolution, self.latent_size).to(parts.vae.device)
+        self.ids = tokenize(parts.tokenizer, list(captions)).to(parts.vae.device)
+        self.encode_text_once = encode_text_once
+        self.encoded: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def __len__(self) -> int:
-        return len(self.mean)
+        return len(self.paths)
+
+    def encode(self, parts, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Example i's latent mean and std, and its caption's embedding where the text encoder is frozen."""
+        if i not in self.encoded:
+            mean, std = latent_distribution(parts.vae, pixel_batch([self.paths[i]], self.resolution))
+            text = None
+            if self.encode_text_once:
+                with torch.no_grad():
+                    text = parts.text_encoder(self.ids[i : i + 1])[0]
+            self.encoded[i] = mean[0], std[0], None if text is None else text[0]
+        return self.encoded[i]
 
     def batch(self, parts, index: torch.Tensor, generator: torch.Generator):
-        eps = torch.randn(self.mean[index].shape, generator=generator).to(self.mean.device)
-        latents = (self.mean[index] + self.std[index] * eps) * parts.vae.config.scaling_factor
-        text = self.text[index] if self.text is not None else parts.text_encoder(self.ids[index])[0]
+        mean, std, text = zip(*(self.encode(parts, i) for i in index.tolist()), strict=True)
+        mean, std = torch.stack(mean), torch.stack(std)
+        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        latents = (mean + std * eps) * parts.vae.config.scaling_factor
+        text = torch.stack(text) if self.encode_text_once else parts.text_encoder(self.ids[index])[0]
         mask = self.mask[index] if self.mask is not None else torch.ones_like(latents[:, :1])
         return latents, text, mask
 
@@ -203,17 +233,35 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
                    use_8bit_adam: bool) -> torch.optim.Optimizer:
-    if use_8bit_adam:
-        if not torch.cuda.is_available():
-            reason = "no CUDA GPU"
-        elif find_spec("bitsandbytes") is None:
-            reason = "bitsandbytes is not installed"
-        else:
-            import bitsandbytes as bnb
-            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
-        print(f"train.use_8bit_adam: 8-bit Adam unavailable ({reason}); training with AdamW", file=sys.stderr)
+    if use_8bit_adam:  # Hardware checked that bitsandbytes is installed
+        import bitsandbytes as bnb
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     # fused: one kernel over all parameters instead of a Python loop over them (CPU and GPU)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def cast_frozen(parts, trainable: list[torch.nn.Parameter], dtype: torch.dtype) -> None:
+    """Frozen weights to `dtype` (autocast computes in it anyway: float32 copies would only cost memory),
+    trained ones left float32, as diffusers' scripts (`weight_dtype`, `cast_training_params`). A text encoder
+    with a trained weight stays float32 whole: its trained input embeddings feed its frozen layers directly,
+    outside any autocast policy (textual_inversion.py keeps it float32 too)."""
+    if dtype == torch.float32:
+        return
+    trained = {id(p) for p in trainable}
+    models = [parts.unet, parts.vae]
+    if not any(id(p) in trained for p in parts.text_encoder.parameters()):
+        models.append(parts.text_encoder)
+    for model in models:
+        for p in model.parameters():
+            if id(p) not in trained:
+                p.data = p.data.to(dtype)
+
+
+def enable_gradient_checkpointing(parts, text_encoder: bool) -> None:
+    parts.unet.enable_gradient_checkpointing()
+    if text_encoder:
+        # non-reentrant: the encoder's layer inputs need not require grad for its LoRA weights to get one
+        parts.text_encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def train(method: Method, schedule: Schedule, parts, examples: Examples, *, identifier: str, class_name: str,
@@ -228,10 +276,9 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
     token = method.token(identifier)
     torch.manual_seed(derive_seed(seed, "init"))  # adapter initialisation
     trainable = method.prepare(parts, token, class_name)
+    cast_frozen(parts, trainable, hardware.dtype)
     if hardware.gradient_checkpointing:
-        parts.unet.enable_gradient_checkpointing()
-        if method.trains_text_encoder:
-            parts.text_encoder.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(parts, method.trains_text_encoder)
 
     frozen_text = not method.trains_text_encoder
     instances = EncodedSet(parts, examples.with_token(identifier, token), resolution, frozen_text)
@@ -248,6 +295,7 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
             log(step, loss)
 
     parts.unet.train()
+    parts.text_encoder.train(method.trains_text_encoder)  # checkpointing engages in training mode only
     for step in tqdm(range(start, schedule.steps), desc="train", unit="step", initial=start, total=schedule.steps):
         generator = torch.Generator().manual_seed(derive_seed(seed, "step", step))
         with accelerator.autocast():

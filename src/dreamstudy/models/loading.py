@@ -1,4 +1,7 @@
-"""Turn `model.pretrained` (hub id, local diffusers folder, or "tiny") into loaded SD 1.x components.
+"""Turn `model.pretrained` (hub id, local diffusers folder, or a built-in random-init model) into SD 1.x parts.
+
+Built-in: "tiny" (smoke runs, seconds on a CPU) and "sd15-random" (SD 1.5's exact architecture, to measure
+memory and speed at the real size); both are random-init, built once into the model cache.
 
 Weights only ever come from safetensors files (never unpickled), and every way they can fail to load
 (offline, unknown or gated id) ends in one `ModelLoadError` that says how to get them.
@@ -23,11 +26,13 @@ from huggingface_hub.errors import HFValidationError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from dreamstudy.layout import cache_dir
-from dreamstudy.models import tiny
+from dreamstudy.models import sd15, tiny
 
 TINY = "tiny"
+SD15_RANDOM = "sd15-random"
+RANDOM_MODELS = {TINY: tiny, SD15_RANDOM: sd15}  # name -> module with its ARCHITECTURE
 TINY_SEED = 0
-# Bump when build_tiny_pipeline changes in a way its ARCHITECTURE does not show.
+# Bump when build_random_pipeline changes in a way an ARCHITECTURE does not show.
 TINY_BUILD_VERSION = 1
 # Their versions can change the tiny model's bytes (init, serialisation, vocabulary).
 TINY_LIBRARIES = ("torch", "diffusers", "transformers", "open_clip_torch")
@@ -48,12 +53,12 @@ class Components:
     noise_scheduler: DDPMScheduler
 
 
-def tiny_fingerprint() -> str:
-    """Hash of everything that decides the tiny model's bytes, so a change gets a fresh folder."""
+def random_model_fingerprint(name: str = TINY) -> str:
+    """Hash of everything that decides a built-in model's bytes, so a change gets a fresh folder."""
     recipe = {
         "build": TINY_BUILD_VERSION,
         "seed": TINY_SEED,
-        "architecture": tiny.ARCHITECTURE,
+        "architecture": RANDOM_MODELS[name].ARCHITECTURE,
         "libraries": {name: version(name) for name in TINY_LIBRARIES},
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -80,10 +85,11 @@ def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
     return folder
 
 
-def tiny_folder() -> Path:
-    """The tiny pipeline's folder in the model cache, built on first use."""
-    return build_once(cache_dir() / f"tiny-{tiny_fingerprint()}",
-                      lambda tmp: tiny.build_tiny_pipeline(tmp, seed=TINY_SEED))
+def random_model_folder(name: str = TINY) -> Path:
+    """A built-in model's folder in the model cache, built on first use (sd15-random: 4.3 GB, about a minute)."""
+    architecture = RANDOM_MODELS[name].ARCHITECTURE
+    return build_once(cache_dir() / f"{name}-{random_model_fingerprint(name)}",
+                      lambda tmp: tiny.build_random_pipeline(tmp, architecture, seed=TINY_SEED))
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -92,12 +98,13 @@ def _looks_like_path(pretrained: str) -> bool:
 
 
 def resolve_pretrained(pretrained: str) -> str:
-    """Map "tiny" to its cached folder, a local folder to itself (checked), anything else to a hub id."""
+    """Map a built-in name to its cached folder, a local folder to itself (checked), anything else to a hub id."""
     if pretrained == TINY:
         # The tiny model's ops are too small to split across threads: a second thread only adds
         # synchronisation (measured: 79 steps/s on one thread, 5x slower on two beside another process).
         torch.set_num_threads(1)
-        return str(tiny_folder())
+    if pretrained in RANDOM_MODELS:
+        return str(random_model_folder(pretrained))
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -124,7 +131,7 @@ def _explain_load_failure(pretrained: str) -> Iterator[None]:
             "  - for a gated model, log in with `hf auth login` and accept its licence on its hub page;\n"
             "  - set HF_HOME to a Hugging Face cache that already holds them;\n"
             "  - set model.pretrained to a local diffusers folder (one with model_index.json);\n"
-            "  - or set `model.pretrained: tiny` for the built-in offline random-init smoke model."
+            "  - or set `model.pretrained: tiny` (or sd15-random, SD 1.5's size) for a built-in offline random-init model."
         ) from err
 
 

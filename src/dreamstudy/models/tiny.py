@@ -72,6 +72,9 @@ SCHEDULER_CONFIG = dict(
 EXTRA_SCHEDULER_CONFIG = dict(clip_sample=False)
 ARCHITECTURE = {"unet": UNET_CONFIG, "vae": VAE_CONFIG, "text_encoder": TEXT_ENCODER_CONFIG,
                 "scheduler": SCHEDULER_CONFIG | EXTRA_SCHEDULER_CONFIG}
+# Four entries = three stride-2 convolutions: a ControlNet's control image goes from pixels to latents (x1/8)
+# as in SD's ControlNets, with fewer channels than their (16, 32, 96, 256).
+CONDITIONING_CHANNELS = (8, 16, 32, 32)
 
 
 def latent_scaling_factor(vae: AutoencoderKL, generator: torch.Generator) -> float:
@@ -86,18 +89,19 @@ def latent_scaling_factor(vae: AutoencoderKL, generator: torch.Generator) -> flo
     return float(f"{1 / latents.std().item():.4g}")
 
 
-def build_tiny_pipeline(folder: str | Path, seed: int = 0) -> None:
-    """Save a random-init tiny SD pipeline (safetensors) into `folder`; the same seed gives the same bytes."""
+def build_random_pipeline(folder: str | Path, architecture: dict = ARCHITECTURE, seed: int = 0) -> None:
+    """Save a random-init SD pipeline of `architecture` (this module's or sd15's ARCHITECTURE) into `folder`
+    as safetensors; the same architecture and seed give the same bytes."""
     folder = Path(folder)
     write_clip_tokenizer(folder / "tokenizer")
     # Module constructors draw from the global RNG: seed it, but leave the caller's RNG state alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**UNET_CONFIG)
-        vae = AutoencoderKL(**VAE_CONFIG)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+        unet = UNet2DConditionModel(**architecture["unet"])
+        vae = AutoencoderKL(**architecture["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**architecture["text_encoder"]))
         vae.register_to_config(scaling_factor=latent_scaling_factor(vae, torch.Generator().manual_seed(seed)))
-    scheduler = PNDMScheduler(**SCHEDULER_CONFIG)
+    scheduler = PNDMScheduler(**SCHEDULER_CONFIG)  # SD 1.x's, whatever the size
     scheduler.register_to_config(**EXTRA_SCHEDULER_CONFIG)
     pipeline = StableDiffusionPipeline(
         vae=vae,

@@ -1,6 +1,7 @@
-"""ControlNets by name: a hub id or local folder, or "tiny", a random-init one matching the tiny model.
+"""ControlNets by name: a hub id or local folder, or a built-in model's name ("tiny", "sd15-random"): a
+random-init ControlNet matching that built-in model.
 
-The tiny ControlNet starts as ControlNet training does, from a copy of the UNet's encoder
+A built-in ControlNet starts as ControlNet training does, from a copy of the UNet's encoder
 (`ControlNetModel.from_unet`). Its zero convolutions are then re-initialised at random: left at zero,
 the control image would change nothing, and a ControlNet that is never wired in would go unnoticed.
 Like the tiny model, its images are noise: it tests the plumbing, not the method.
@@ -16,22 +17,21 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from huggingface_hub.errors import HFValidationError
 
-from dreamstudy.models.loading import TINY, ModelLoadError, build_once, cache_dir, tiny_fingerprint, tiny_folder
+from dreamstudy.models.loading import (RANDOM_MODELS, TINY, ModelLoadError, build_once, cache_dir,
+                                      random_model_fingerprint, random_model_folder)
+from dreamstudy.models.tiny import CONDITIONING_CHANNELS
 
 TINY_CONTROLNET_SEED = 0
 # Bump when build_tiny_controlnet changes in a way the fingerprint's recipe does not show.
 TINY_CONTROLNET_BUILD_VERSION = 1
-# Four entries = three stride-2 convolutions: the control image goes from pixels to latents (x1/8)
-# as in SD's ControlNets, with fewer channels than their (16, 32, 96, 256).
-CONDITIONING_CHANNELS = (8, 16, 32, 32)
 
 
-def build_tiny_controlnet(folder: str | Path, unet: UNet2DConditionModel,
-                          seed: int = TINY_CONTROLNET_SEED) -> None:
+def build_tiny_controlnet(folder: str | Path, unet: UNet2DConditionModel, seed: int = TINY_CONTROLNET_SEED,
+                          conditioning_channels: tuple[int, ...] = CONDITIONING_CHANNELS) -> None:
     """Save a ControlNet for `unet` (safetensors) into `folder`; the same unet and seed give the same bytes."""
     with torch.random.fork_rng(devices=[]):  # seed init, leave the caller's RNG state alone
         torch.manual_seed(seed)
-        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
         zero_convs = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
                       controlnet.controlnet_mid_block]
         for conv in zero_convs:
@@ -39,26 +39,26 @@ def build_tiny_controlnet(folder: str | Path, unet: UNet2DConditionModel,
     controlnet.save_pretrained(folder, safe_serialization=True)
 
 
-def tiny_controlnet_fingerprint() -> str:
-    """Hash of everything that decides the tiny ControlNet's bytes (the tiny model's recipe included)."""
+def tiny_controlnet_fingerprint(name: str = TINY) -> str:
+    """Hash of everything that decides a built-in ControlNet's bytes (its model's recipe included)."""
     recipe = {"build": TINY_CONTROLNET_BUILD_VERSION, "seed": TINY_CONTROLNET_SEED,
-              "conditioning_channels": CONDITIONING_CHANNELS, "tiny": tiny_fingerprint()}
+              "conditioning_channels": RANDOM_MODELS[name].CONDITIONING_CHANNELS, name: random_model_fingerprint(name)}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tiny_controlnet_folder() -> Path:
-    """The tiny ControlNet's folder in the model cache, next to the tiny model's, built on first use."""
+def tiny_controlnet_folder(name: str = TINY) -> Path:
+    """The ControlNet of built-in model `name` in the model cache, next to the model's, built on first use."""
     def build(tmp: Path) -> None:
-        unet = UNet2DConditionModel.from_pretrained(tiny_folder(), subfolder="unet", use_safetensors=True)
-        build_tiny_controlnet(tmp, unet)
-    return build_once(cache_dir() / f"tiny-controlnet-{tiny_controlnet_fingerprint()}", build)
+        unet = UNet2DConditionModel.from_pretrained(random_model_folder(name), subfolder="unet", use_safetensors=True)
+        build_tiny_controlnet(tmp, unet, conditioning_channels=RANDOM_MODELS[name].CONDITIONING_CHANNELS)
+    return build_once(cache_dir() / f"{name}-controlnet-{tiny_controlnet_fingerprint(name)}", build)
 
 
 def load_controlnet(name: str, *, torch_dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu") -> ControlNetModel:
-    """A ControlNet from a hub id or local folder, or the tiny one for "tiny"; ModelLoadError if it
-    cannot be had."""
-    source = str(tiny_controlnet_folder()) if name == TINY else name
+    """A ControlNet from a hub id or local folder, or the built-in one of a built-in model's name;
+    ModelLoadError if it cannot be had."""
+    source = str(tiny_controlnet_folder(name)) if name in RANDOM_MODELS else name
     try:
         controlnet = ControlNetModel.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)
     except (OSError, HFValidationError) as err:
@@ -68,6 +68,6 @@ def load_controlnet(name: str, *, torch_dtype: torch.dtype = torch.float32,
             "  - connect to the internet: the first run downloads them into the Hugging Face cache;\n"
             "  - set HF_HOME to a Hugging Face cache that already holds them;\n"
             "  - use a local diffusers ControlNet folder (one with config.json and safetensors weights);\n"
-            "  - or set `model.pretrained: tiny`, which uses the built-in offline random-init ControlNet."
+            "  - or set `model.pretrained: tiny` (or sd15-random), which use a built-in offline random-init ControlNet."
         ) from err
     return controlnet.to(device)

@@ -10,6 +10,7 @@ when the grid has the `none` baseline, and may then be absent.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dreamstudy.data.dreambench import PROMPT_KINDS
 from dreamstudy.io import read_jsonl
 from dreamstudy.layout import BASELINE
 from dreamstudy.metrics.tables import read_table
+from dreamstudy.models.loading import RANDOM_MODELS
 
 METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # column -> label in figures and tables
 # The metrics with a bootstrap CI in stats.csv (and a test in tests.csv), in table order.
@@ -30,11 +32,15 @@ NULLABLE = ("div", "pres", "pres_base")
 GROUP_ORDER = [*(("prompt_kind", kind) for kind, _ in PROMPT_KINDS["live"]), ("live", "live"), ("live", "object")]
 LIVE_GROUPS = {"true": "live", "1": "live", "false": "object", "0": "object"}
 RANDOM_INIT_LABEL = "Random-init encoders: numbers are not comparable to published ones."
-TINY_MODEL_LABEL = "Images from the built-in tiny random-init model, not Stable Diffusion."
+# One per built-in random-init model (dreamstudy.models.loading.RANDOM_MODELS) the images came from.
+RANDOM_MODEL_LABEL = "Images from the built-in random-init model '{model}', not Stable Diffusion's weights."
+# DreamBench's protocol (the DreamBooth paper's evaluation, as Custom Diffusion's script): 50 DDIM steps.
+PROTOCOL_SAMPLING = ("ddim", 50)
+SAMPLING_DEVIATION_LABEL = "Sampling deviates from the DreamBench protocol (50 DDIM steps): {sampling}."
 
 RUN_KEYS = ["method", "strategy"]
 SUBJECT_KEYS = [*RUN_KEYS, "subject"]
-SAMPLE_KEYS = ["prompt_index", "image_index", "prompt", "file"]
+SAMPLE_KEYS = ["prompt_index", "image_index", "prompt", "file", "scheduler", "num_inference_steps"]
 # Read as text even when a name looks like a number, so "1" stays a subject and not an integer.
 TEXT_COLUMNS = dict.fromkeys([*SUBJECT_KEYS, "class", "prompt", "prompt_kind", "by", "group", "metric",
                               "baseline", "test", "note"], str)
@@ -65,7 +71,8 @@ class Results:
     real_images: pd.DataFrame  # one row per subject: dino, clip_i among its own real photos
     breakdown: pd.DataFrame    # (method, strategy, by, group, metric): value
     samples: pd.DataFrame      # one row per sample image: method, strategy, subject, prompt_index,
-                               # image_index, prompt, model (the base model it came from), path
+                               # image_index, prompt, model (the base model it came from), scheduler,
+                               # num_inference_steps, path
     encoders: Encoders
     memorization_threshold: float  # eval.memorization_threshold, which set per_image's `memorized`
     confidence: float          # stats.csv's coverage of every interval (eval.confidence of the gather)
@@ -97,15 +104,25 @@ class Results:
         return _in_order_of_appearance(self.samples["model"].dropna())
 
     @property
+    def sampling(self) -> list[tuple[str, int]]:
+        """The (scheduler, denoising steps) the samples were drawn with."""
+        pairs = zip(self.samples["scheduler"], self.samples["num_inference_steps"])
+        return _in_order_of_appearance((scheduler, int(steps)) for scheduler, steps in pairs)
+
+    @property
     def ci_label(self) -> str:
         """'95% CI' for a confidence of 0.95."""
         return f"{self.confidence * 100:g}% CI"
 
     def caption(self, text: str, sep: str = " ") -> str:
-        """`text`, labelled when the images or the scores come from random weights."""
+        """`text`, labelled when the images or the scores come from random weights, and when the images were
+        sampled otherwise than by DreamBench's protocol."""
         labels = [] if self.encoders.pretrained else [RANDOM_INIT_LABEL]
-        if "tiny" in self.models:
-            labels.append(TINY_MODEL_LABEL)
+        labels += [RANDOM_MODEL_LABEL.format(model=model) for model in self.models if model in RANDOM_MODELS]
+        deviations = [f"{scheduler}, {steps} steps" for scheduler, steps in self.sampling
+                      if (scheduler, steps) != PROTOCOL_SAMPLING]
+        if deviations:
+            labels.append(SAMPLING_DEVIATION_LABEL.format(sampling="; ".join(deviations)))
         return sep.join([text, *labels])
 
 
@@ -270,13 +287,18 @@ def _read_samples(samples_dir: Path, per_subject: pd.DataFrame) -> pd.DataFrame:
         for number, entry in enumerate(entries, start=1):
             missing = [key for key in SAMPLE_KEYS if key not in entry]
             if missing:
-                raise ResultsError(f"{index}: row {number} lacks {missing}")
+                raise ResultsError(f"{index}: row {number} lacks {missing}: rerun the sample stage")
+            steps = entry["num_inference_steps"]
+            if not isinstance(steps, int) or isinstance(steps, bool) or not isinstance(entry["scheduler"], str):
+                raise ResultsError(f"{index}: row {number}: expected a scheduler name and an integer "
+                                   f"num_inference_steps, got {entry['scheduler']!r}, {steps!r}")
             image = folder / entry["file"]
             if not image.is_file():
                 raise ResultsError(f"{image}: missing (listed in {index})")
             rows.append({"method": method, "strategy": strategy, "subject": subject,
                          "prompt_index": int(entry["prompt_index"]), "image_index": int(entry["image_index"]),
-                         "prompt": entry["prompt"], "model": entry.get("model"), "path": image})
+                         "prompt": entry["prompt"], "model": entry.get("model"),
+                         "scheduler": entry["scheduler"], "num_inference_steps": steps, "path": image})
     return pd.DataFrame(rows)
 
 
@@ -296,5 +318,5 @@ def _csv_lines(rows: pd.Series) -> list[int]:
     return [int(i) + 2 for i in rows.index[rows]]  # 1-based, after the header line
 
 
-def _in_order_of_appearance(column: pd.Series) -> list[str]:
+def _in_order_of_appearance(column: Iterable) -> list:
     return list(dict.fromkeys(column))

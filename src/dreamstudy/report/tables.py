@@ -131,12 +131,13 @@ def significance_note(results: Results) -> str:
 
 
 def protocol_note(results: Results) -> str:
-    """What our numbers are: base model, size of the protocol, encoders."""
+    """What our numbers are: base model, sampler, size of the protocol, encoders."""
     image = results.per_image
     prompts = image.groupby("subject")["prompt_index"].nunique()
     per_prompt = image.groupby([*SUBJECT_KEYS, "prompt_index"]).size()
     enc = results.encoders
-    return (f"Our protocol: {', '.join(results.models)}; {image['subject'].nunique()} subjects x "
+    sampling = " or ".join(f"{scheduler} {steps} steps" for scheduler, steps in results.sampling)
+    return (f"Our protocol: {', '.join(results.models)}, {sampling}; {image['subject'].nunique()} subjects x "
             f"{span(prompts)} prompts x {span(per_prompt)} images per prompt; DINO {enc.dino}, CLIP {enc.clip}, "
             "with the preprocessing of Custom Diffusion's evaluation script (bicubic resize, centre crop 224); "
             "CLIP-T is the raw cosine to the prompt without the identifier token, not CLIPScore (2.5 x cosine).")

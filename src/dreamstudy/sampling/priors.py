@@ -16,7 +16,7 @@ from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import atomic_dir, write_jsonl
 from dreamstudy.models.loading import load_pipeline
 from dreamstudy.sampling.protocol import class_images
-from dreamstudy.sampling.sample import render, use_scheduler
+from dreamstudy.sampling.sample import render, speed_up, use_scheduler
 from dreamstudy.trainset import CAPTIONS
 
 
@@ -33,7 +33,9 @@ def generate_class_priors(pipe: StableDiffusionPipeline, class_name: str, out_di
 
 
 def class_priors_from_params(p, subject: str, out_dir: str | Path) -> None:
-    """The `class_priors` stage: images of `subject`'s class, drawn by params' model and sampler.
+    """The `class_priors` stage: images of `subject`'s class, drawn by params' model and sampler (with
+    sample.scheduler; priors' own steps, guidance and batch). Without sample.compile and sample.channels_last:
+    they change class images in the last bits, and so would rerun every training with prior preservation.
 
     With priors.num_images 0 no model loads and `out_dir` is an empty folder.
     """
@@ -42,6 +44,7 @@ def class_priors_from_params(p, subject: str, out_dir: str | Path) -> None:
             return
     pipe = load_pipeline(p.model.pretrained)  # as train_dreambooth.py: float16 on a GPU, float32 on the CPU
     use_scheduler(pipe, p.sample.scheduler)
+    speed_up(pipe, compile=False, channels_last=False)
     generate_class_priors(pipe, SUBJECTS[subject], out_dir, num_images=p.priors.num_images, seed=p.seed,
                           resolution=p.model.resolution, num_inference_steps=p.priors.num_inference_steps,
                           guidance_scale=p.priors.guidance_scale, batch_size=p.priors.batch_size)

@@ -1,6 +1,11 @@
 """Drawing by the DreamBench sampling protocol (protocol.py): every prompt of a subject x `images_per_prompt`,
 one fixed seed per image. Seeds depend on (seed, subject, prompt, image) only, so every method and strategy
-is sampled from the same initial noise and their images can be compared pair by pair."""
+is sampled from the same initial noise and their images can be compared pair by pair.
+
+Throughput: each pipeline call draws `batch_size` images of mixed prompts, and diffusers' pipeline runs
+classifier-free guidance as one UNet call on the unconditional and conditional halves together (2 x batch
+rows per denoising step). Attention is PyTorch's scaled_dot_product_attention (SDPA), checked by `speed_up`,
+which also applies sample.channels_last and sample.compile."""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       PNDMScheduler, StableDiffusionPipeline)
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
+from diffusers.schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from tqdm.auto import tqdm
 
 from dreamstudy.io import atomic_dir, write_jsonl
@@ -17,10 +23,49 @@ from dreamstudy.sampling.protocol import PRES, SAMPLES, SampleSpec
 
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMultistepScheduler,
               "euler": EulerDiscreteScheduler}
+# Attention processors that call torch.nn.functional.scaled_dot_product_attention
+SDPA_PROCESSORS = (AttnProcessor2_0, CustomDiffusionAttnProcessor2_0)
 
 
 def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
+
+
+def use_sdpa(model: torch.nn.Module) -> None:
+    """Every attention layer of `model` (a UNet or a VAE) on PyTorch's SDPA: diffusers' AttnProcessor2_0 in
+    place of its plain AttnProcessor (what it falls back to without SDPA), set explicitly; any processor
+    that is neither, nor Custom Diffusion's SDPA one, is an error."""
+    processors = {name: AttnProcessor2_0() if type(processor) is AttnProcessor else processor
+                  for name, processor in model.attn_processors.items()}
+    other = {name: type(processor).__name__ for name, processor in processors.items()
+             if not isinstance(processor, SDPA_PROCESSORS)}
+    if other:
+        name, kind = next(iter(other.items()))
+        raise ValueError(f"{type(model).__name__}: {len(other)} attention layer(s) without SDPA, e.g. {name} "
+                         f"({kind}); sampling expects {', '.join(c.__name__ for c in SDPA_PROCESSORS)}")
+    if processors:
+        model.set_attn_processor(processors)
+
+
+def speed_up(pipe: StableDiffusionPipeline, *, compile: bool, channels_last: bool) -> None:
+    """SDPA attention always; sample.channels_last and sample.compile as the diffusers documentation applies
+    them ("Accelerate inference"). Call it on the finished pipeline, after any fine-tuned weights load:
+    compilation traces the modules as they are.
+
+    channels_last: the UNet's and the VAE's weights in channels-last (NHWC) memory format, which the GPU's
+    convolution kernels prefer; activations follow. compile: torch.compile on the UNet, the model the
+    pipeline calls at every step, in place (`pipe.unet` stays a UNet2DConditionModel); default mode, which
+    records no CUDA graphs and so takes the smaller last batch too, and fullgraph (no graph break in the
+    UNet). The first batch pays the compilation; inductor's on-disk cache spares the stages after it most
+    of that. Both change the images in the last bits only (other kernels), and are dependencies like
+    sample.batch_size."""
+    for model in (pipe.unet, pipe.vae):
+        use_sdpa(model)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile:
+        pipe.unet.compile(fullgraph=True)
 
 
 def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: int, num_inference_steps: int,
