@@ -64,8 +64,9 @@ def resume(checkpointing, trainable, optimizer, lr_scheduler) -> tuple[int, list
         for i, p in enumerate(trainable):
             p.copy_(tensors[f"param.{i}"])
     state: dict[int, dict] = {}
-    optimizer_values = [(key.removeprefix("optim."), value) for key, value in tensors.items() if key.startswith("optim.")]
-    for key, value in optimizer_values + list(meta["optimizer_plain"].items()):
+    optimizer_tensors = [(key.removeprefix("optim."), value) for key, value in tensors.items()
+                         if key.startswith("optim.")]
+    for key, value in optimizer_tensors + list(meta["optimizer_plain"].items()):
         index, *path, name = key.split(".")
         node = state.setdefault(int(index), {})
         for part in path:

@@ -52,7 +52,8 @@ def train_run(p, *, subject, method_name: str, strategy: str, training_set: str 
               "identifier": p.train.identifier, "method": getattr(p.train, method_name).model_dump(),
               "hardware": [p.train.mixed_precision, p.train.gradient_checkpointing, p.train.use_8bit_adam],
               "prior_weight": prior.weight if prior else None}
-    checkpointing = Checkpointing(checkpoint_dir, getattr(p.train.checkpoint_every, method_name), fingerprint(config, inputs))
+    every = getattr(p.train.checkpoint_every, method_name)
+    checkpointing = Checkpointing(checkpoint_dir, every, fingerprint(config, inputs))
     parts = load_components(p.model.pretrained, tokenizer=tokenizer)
     train(method, schedule, parts, examples, identifier=p.train.identifier, class_name=subject.class_name,
           resolution=p.model.resolution, seed=derive_seed(p.seed, "train", run), prior=prior,

@@ -75,10 +75,15 @@ class LearnedToken:
         with torch.no_grad():
             weight[token_id] = class_embedding(parts.tokenizer, weight, class_name)
         weight.requires_grad_(True)
-        mask = torch.zeros(len(weight), 1, device=weight.device, dtype=weight.dtype)
-        mask[token_id] = 1
-        weight.register_hook(lambda grad: grad * mask)  # clipping then sees this row's gradient only
-        return cls(token, token_id, weight.detach().clone())
+        learned = cls(token, token_id, weight.detach().clone())
+        weight.register_hook(learned.mask_gradient)
+        return learned
+
+    def mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient of this row only, so that clipping sees nothing else."""
+        mask = torch.zeros(len(grad), 1, device=grad.device, dtype=grad.dtype)
+        mask[self.id] = 1
+        return grad * mask
 
     @staticmethod
     def weight(parts) -> torch.nn.Parameter:
@@ -87,6 +92,7 @@ class LearnedToken:
     def restore(self, parts) -> None:
         """Every row but the placeholder's back to its value before training."""
         weight = self.weight(parts)
+        self.original = self.original.to(weight.device)  # once: the trainer moves the model after `add`
         with torch.no_grad():
             row = weight[self.id].clone()
             weight.copy_(self.original)

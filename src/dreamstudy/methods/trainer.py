@@ -270,13 +270,16 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
           log: Callable[[int, float], None] | None = None) -> None:
     """Train `method` on `examples`; `parts` (models.loading.Components) are changed in place."""
     accelerator = make_accelerator(hardware.mixed_precision)
-    for model in (parts.unet, parts.vae, parts.text_encoder):
+    models = (parts.unet, parts.vae, parts.text_encoder)
+    for model in models:
         model.requires_grad_(False)
-        model.to(accelerator.device)
     token = method.token(identifier)
     torch.manual_seed(derive_seed(seed, "init"))  # adapter initialisation
     trainable = method.prepare(parts, token, class_name)
+    # cast where the parts were loaded, then moved: the GPU never holds a float32 copy of a frozen weight
     cast_frozen(parts, trainable, hardware.dtype)
+    for model in models:
+        model.to(accelerator.device)
     if hardware.gradient_checkpointing:
         enable_gradient_checkpointing(parts, method.trains_text_encoder)
 
