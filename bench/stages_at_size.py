@@ -15,6 +15,7 @@ benchmark, not a test: on 2 CPU cores it takes about an hour.
 from __future__ import annotations
 
 import argparse
+import graphlib
 import json
 import os
 import re
@@ -60,9 +61,13 @@ def bench_params(args: argparse.Namespace) -> dict:
 
 
 def stage_order(repo: Path, env: dict) -> list[str]:
-    """The DAG's stages in the order `dvc repro` runs them."""
-    dry = subprocess.run(["dvc", "repro", "--dry"], cwd=repo, env=env, check=True, capture_output=True, text=True)
-    return re.findall(r"Running stage '([^']+)'", dry.stdout)
+    """The DAG's stages in an order that runs each after what it depends on (`dvc dag --dot`'s edges; a dry
+    `dvc repro` cannot list them before the first stage has written the inputs files)."""
+    dot = subprocess.run(["dvc", "dag", "--dot"], cwd=repo, env=env, check=True, capture_output=True, text=True)
+    graph = {name: set() for name in re.findall(r'^"([^"]+)";$', dot.stdout, re.MULTILINE)}
+    for before, after in re.findall(r'^"([^"]+)" -> "([^"]+)";$', dot.stdout, re.MULTILINE):
+        graph[after].add(before)
+    return list(graphlib.TopologicalSorter(graph).static_order())
 
 
 def run_stage(repo: Path, stage: str, env: dict, log: Path) -> dict:
