@@ -86,7 +86,7 @@ def test_steptimer_counts_each_optimizer_step_once(tmp_path, fake_reference):
     out = tmp_path / "steps.json"
     script = fake_reference / REFERENCE_SCRIPTS["lora"]
     subprocess.run([sys.executable, BENCH / "steptimer.py", out, script, "--max_train_steps=4",
-                    f"--output_dir={tmp_path / 'weights'}"], check=True)
+                    f"--output_dir={tmp_path / 'weights'}", "--mixed_precision=no"], check=True)
     steps = json.loads(out.read_text())
     assert len(steps["wall"]) == len(steps["cpu"]) == 4  # accelerate's wrapper is not a second step
     assert steps["wall"] == sorted(steps["wall"])
