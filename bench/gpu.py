@@ -9,7 +9,8 @@ are noise, its compute is the real one), in one process, four sections:
              hook) of our trainer, in-process, fresh components per config, for lora and dreambooth x
              fp16/bf16 x gradient checkpointing off/on, batch 1; and of diffusers' reference scripts
              (train_dreambooth.py, train_dreambooth_lora.py) as subprocesses, the same configs, stopped
-             once they have taken the timed steps (their final save is not timed);
+             once they have taken the timed steps (their final save is not timed); and of the bare step
+             (bench/bare_step.py: UNet forward + backward + fused AdamW, nothing else) without checkpointing;
  memory      peak GPU memory (torch.cuda.max_memory_allocated and _reserved, reset per config, less what
              was held before: the config's own) of 2 training steps for each of the 4 methods x fp16/bf16
              x batch 1/2/4 x gradient checkpointing x 8-bit Adam (where bitsandbytes imports), as a table;
@@ -26,14 +27,17 @@ gets a share of what is left when it starts (unused time passes on to the next);
 time (the last measured config of its kind, else a default) does not fit in what is left is skipped and
 recorded with the reason, never started to overrun. Estimates on one H100/H200, fp16:
     setup       imports and CUDA ~15 s; sd15-random built on first use ~60 s (a fresh device machine has no
-                cache); components loaded to the GPU ~10 s                                      ~85 s
-    train       8 configs x ~8 s (copy on the GPU, 25 steps at 4-15 steps/s)                 18%  ~65 s
-    reference   ~30 s a run (imports, loading 4.3 GB, 25 steps); fp16 first, bf16 if time    20%  ~75 s
-    memory      ~3 s a config (2 steps); 96 configs need ~5 min: the grid is ordered (the
+                cache); components loaded to the CPU ~10 s                                      ~85 s
+    train       8 configs x 6-22 s (copy, cast, move, 25 steps at 2.3-5.5 steps/s; the first
+                pays CUDA's start) and 4 bare ones x ~8 s (loading, 25 steps)                  18%  ~65 s
+    reference   45-53 s a run (imports, loading 4.3 GB: ~40 s to the first step); fp16 first 20%  ~75 s
+    memory      ~2.5 s a config (2 steps); 96 configs need ~4 min: the grid is ordered (the
                 published check first, then fp16, batch 1, ...) and the rest is skipped     22%  ~80 s
-    sampling    pipeline load ~10 s; 8 images at batch 1, 8 at 4, 16 at 16 at ~1-2 img/s   10%  ~35 s
-    compile     ~40-90 s of compilation per batch size; batch 4 first, then 16, then 1       22%  ~80 s
-    evaluation  48 images at 512 px, cold and warm cache, encoders loaded                     8%  ~25 s
+    sampling    pipeline load ~10 s; 8 images at batch 1, 8 at 4, 16 at 16 at 0.5-2.6 img/s 10%  ~35 s
+    compile     ~70 s of compilation and timing per batch size; batch 4, then 16, then 1   22%  ~80 s
+    evaluation  48 images at 512 px, cold and warm cache, encoders loaded                     8%  ~12 s
+(measured on one H200, 2026-11-30: the first full run took 386 s, the budget skipping 60 memory configs
+and compiled sampling at batch 1 and 16.)
 On a CPU (`--model tiny`) everything runs at the tiny size: fp16 is skipped (it needs CUDA), fp32 and bf16
 run, memory is the peak resident set size (reset per config through /proc/self/clear_refs), and with --quick
 torch.compile is skipped (compiling on a CPU takes minutes) and every section does a few steps (the test,
@@ -82,6 +86,7 @@ import os
 import platform
 import re
 import runpy
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +96,7 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
 
+import bare_step
 import numpy as np
 import steptimer
 import torch
@@ -303,7 +309,7 @@ class Bench:
     examples: Examples  # the training images (noise) with their caption
     train_params: object
     budget: Budget
-    pristine: object = None  # models.loading.Components on the device, copied per config
+    pristine: object = None  # models.loading.Components on the CPU, copied per config
     reference: tuple[Path, str] | None = None
 
     @property
@@ -333,7 +339,8 @@ def find_reference(given: Path | None) -> tuple[Path, str] | None:
     for folder in candidates:
         if all((folder / name).is_file() for name in REFERENCE_SCRIPTS.values()):
             source = folder / "SOURCE.txt"
-            return folder, source.read_text().strip() if source.is_file() else str(folder)
+            # Absolute: the reference scripts run with a temporary folder as their working directory.
+            return folder.resolve(), source.read_text().strip() if source.is_file() else str(folder)
     if given:
         sys.exit(f"error: --reference-dir {given} lacks {' or '.join(REFERENCE_SCRIPTS.values())} "
                  "(diffusers' examples/dreambooth/ scripts)")
@@ -386,6 +393,20 @@ def train_section(bench: Bench, section: Section) -> None:
 
         section.run({"side": "ours"} | config, f"ours-{config['method']}",
                     section.estimate(f"ours-{config['method']}", scale.estimates["train"]), work)
+        if not config["gradient_checkpointing"]:
+            section.run({"side": "bare"} | config, "bare", section.estimate("bare", scale.estimates["train"]),
+                        lambda config=config: bare_run(bench, config))
+
+
+def bare_run(bench: Bench, config: dict) -> dict:
+    """bench/bare_step.py's UNet forward + backward + fused AdamW step, nothing else, on the same model: what
+    our step is held to (within 10%)."""
+    if config["precision"] == "fp16" and not bench.cuda:
+        raise Skip("fp16 needs a CUDA GPU")
+    times = bare_step.step_times(bench.model_folder, config["method"], bench.args.resolution, bench.scale.timed,
+                                 bench.scale.warmup, fused=True, mixed_precision=config["precision"])
+    step_s = statistics.median(times["wall"])
+    return {"steps_per_s": 1 / step_s, "step_s": step_s, "steps": len(times["wall"])}
 
 
 def reference_command(bench: Bench, config: dict, steps: int, out: Path) -> list:
@@ -445,13 +466,17 @@ def reference_section(bench: Bench, section: Section) -> None:
 
 
 def compare_sides(rows: list[dict]) -> None:
-    """Our steady steps/s over the reference script's, on the same config."""
-    reference = {(r["method"], r["precision"], r["gradient_checkpointing"]): r for r in rows
-                 if r["side"] == "reference"}
+    """Our steady steps/s over the reference script's, and our step's time over the bare step's, on the same
+    config."""
+    by_side = {(r["side"], r["method"], r["precision"], r["gradient_checkpointing"]): r for r in rows}
     for row in rows:
-        match = reference.get((row["method"], row["precision"], row["gradient_checkpointing"]))
-        if row["side"] == "ours" and match:
-            row["speedup_vs_reference"] = match["step_s"] / row["step_s"]
+        config = (row["method"], row["precision"], row["gradient_checkpointing"])
+        if row["side"] != "ours":
+            continue
+        if ("reference", *config) in by_side:
+            row["speedup_vs_reference"] = by_side["reference", *config]["step_s"] / row["step_s"]
+        if ("bare", *config) in by_side:
+            row["over_bare_step"] = row["step_s"] / by_side["bare", *config]["step_s"] - 1
 
 
 def steptimer_main(argv: list[str]) -> None:
@@ -644,6 +669,7 @@ def print_tables(report: dict) -> None:
         print("\ntrain: steady steps/s (batch 1)")
         for r in sections["train"]["rows"]:
             speedup = f"  {r['speedup_vs_reference']:.2f}x reference" if "speedup_vs_reference" in r else ""
+            speedup += f"  {100 * r['over_bare_step']:+.1f}% over bare" if "over_bare_step" in r else ""
             peak = f"{r['peak_mib']:8.0f} MiB" if "peak_mib" in r else " " * 12
             print(f"  {r['side']:9} {r['method']:10} {r['precision']:4} gc={r['gradient_checkpointing']!s:5} "
                   f"{r['steps_per_s']:7.2f} steps/s  peak {peak}{speedup}")
@@ -673,9 +699,9 @@ def run_sections(bench: Bench, wanted: list[str]) -> dict:
     scale, budget, sections = bench.scale, bench.budget, {}
     if "train" in wanted or "memory" in wanted:
         start = time.monotonic()
+        # on the CPU, float32 as loaded: each config's copy is cast and moved by the trainer, as in the train
+        # stage, so PeakMemory counts what a user's GPU holds (a float32 copy on the GPU would count 4 GiB more)
         bench.pristine = load_components(bench.args.model)
-        for model in (bench.pristine.unet, bench.pristine.vae, bench.pristine.text_encoder):
-            model.to(bench.device)  # copies per config then stay on the device (fast); PeakMemory counts none
         load_s = time.monotonic() - start
     if "train" in wanted:
         ours = budget.section("train")

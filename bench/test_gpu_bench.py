@@ -28,8 +28,10 @@ def report(tmp_path_factory):
     out = tmp / "gpu.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
                TQDM_DISABLE="1", CUDA_VISIBLE_DEVICES="")
+    # A relative --reference-dir, as on the device machine: the scripts run in a folder of their own.
     done = subprocess.run([sys.executable, BENCH / "gpu.py", "--model", "tiny", "--quick", "--reference-dir",
-                           reference, "--out", out], env=env, capture_output=True, text=True, timeout=600)
+                           reference.name, "--out", out], cwd=tmp, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -57,6 +59,9 @@ def test_train_speed_of_ours_and_the_reference(report):
     ours = [r for r in rows if r["side"] == "ours"]
     assert {r["gradient_checkpointing"] for r in ours} == {False, True}
     assert all(r["speedup_vs_reference"] > 0 for r in ours if not r["gradient_checkpointing"])
+    bare = [r for r in rows if r["side"] == "bare" and r["precision"] == "bf16"]
+    assert {r["method"] for r in bare} == {"lora", "dreambooth"} and all(r["steps"] == 3 for r in bare)
+    assert all(r["over_bare_step"] > -1 for r in ours if r["precision"] == "bf16" and not r["gradient_checkpointing"])
     assert all("fp16 needs a CUDA GPU" in reason for reason in skipped(report, "train", precision="fp16"))
     assert skipped(report, "reference", precision="fp16")
     assert report["sections"]["train"]["reference_scripts"]["sha256"]
