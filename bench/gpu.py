@@ -31,7 +31,8 @@ recorded with the reason, never started to overrun. Estimates on one H100/H200, 
     train       8 configs x 6-22 s (copy, cast, move, 25 steps at 2.3-5.5 steps/s; the first
                 pays CUDA's start) and 4 bare ones x ~8 s (loading, 25 steps)                  18%  ~65 s
     reference   45-53 s a run (imports, loading 4.3 GB: ~40 s to the first step); fp16 first 20%  ~75 s
-    memory      ~2.5 s a config (2 steps); 96 configs need ~4 min: the grid is ordered (the
+    memory      ~2.5 s a config (2 steps; was measured with the copy on the GPU: the CPU copy now
+                adds its time, a few s); 96 configs need >4 min: the grid is ordered (the
                 published check first, then fp16, batch 1, ...) and the rest is skipped     22%  ~80 s
     sampling    pipeline load ~10 s; 8 images at batch 1, 8 at 4, 16 at 16 at 0.5-2.6 img/s 10%  ~35 s
     compile     ~70 s of compilation and timing per batch size; batch 4, then 16, then 1   22%  ~80 s
