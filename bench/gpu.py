@@ -107,7 +107,7 @@ from train_speed import REFERENCE_SCRIPTS, cpu_model, steady
 
 from dreamstudy.layout import cache_dir
 from dreamstudy.methods.registry import get_method
-from dreamstudy.methods.trainer import Examples, Hardware, train
+from dreamstudy.methods.trainer import Concept, Examples, Hardware, train
 from dreamstudy.models.loading import load_components, load_pipeline, resolve_pretrained
 from dreamstudy.params import METHODS, load_params
 from dreamstudy.sampling.sample import render, speed_up, use_scheduler
@@ -364,7 +364,7 @@ def train_config(bench: Bench, method: str, precision: str, batch: int, gc_on: b
     with PeakMemory(bench.device) as peak:
         start = time.time()
         parts = copy.deepcopy(bench.pristine)
-        train(method_obj, schedule, parts, bench.examples, identifier=IDENTIFIER, class_name=CLASS_NAME,
+        train(method_obj, schedule, parts, [Concept(bench.examples, IDENTIFIER, CLASS_NAME)],
               resolution=bench.args.resolution, seed=0, hardware=hardware)
         del parts
     return {"wall": list(steptimer.WALL), "cpu": list(steptimer.CPU), "start": start,

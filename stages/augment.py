@@ -17,7 +17,7 @@ def main(argv=None) -> None:
     context = strategy_context(args.strategy, p, subject=args.subject, class_name=subject.class_name,
                                strength=args.strength)
     augment_subject(subject.images, strategy=args.strategy, context=context,
-                    caption=instance_caption(p.train.identifier, subject.class_name),
+                    caption=instance_caption(p.train.identifiers[args.subject], subject.class_name),
                     out_dir=args.layout.augmented(args.label, args.subject),
                     contact_sheet=args.layout.contact_sheet(args.label, args.subject))
 

@@ -18,7 +18,7 @@ def main(argv=None) -> None:
     cell = (args.method, args.label, args.subject)
     subject = load_dataset(DATASET).subjects[args.subject]
     method, _ = get_method(args.method, p.train)
-    token = method.token(p.train.identifier)
+    token = method.token(p.train.identifiers[args.subject])
     specs = dreambench_specs(subject, identifier=token, num_prompts=p.data.prompts_per_subject,
                              images_per_prompt=p.sample.images_per_prompt, seed=p.seed)
     pipe = load_pipeline(p.model.pretrained)

@@ -23,9 +23,9 @@ def main(argv=None) -> None:
             live.step = step
             live.log_metric("loss", loss)
 
-        train_run(p, subject=subject, method_name=args.method, strategy=args.label,
-                  training_set=layout.augmented(args.label, args.subject),
-                  prior_set=layout.prior_set(args.method, args.subject),
+        train_run(p, run=layout.run(*cell), method_name=args.method, subjects=[subject],
+                  training_sets=[layout.augmented(args.label, args.subject)],
+                  prior_sets=[layout.prior_set(args.method, args.subject)],
                   out_dir=layout.model(*cell), checkpoint_dir=layout.checkpoint(*cell), log=log)
 
 

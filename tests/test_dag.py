@@ -10,8 +10,8 @@ import yaml
 from dvc.repo import Repo
 
 from dreamstudy import dag
-from dreamstudy.layout import BASELINE, Layout, strategy_label
-from dreamstudy.params import METHODS, STRATEGIES, ParamsError, load_params, validate_params
+from dreamstudy.layout import BASELINE, STUDIES, Layout, key_subjects, strategy_label
+from dreamstudy.params import MERGES, METHODS, MULTI_VARIANTS, STRATEGIES, ParamsError, load_params, validate_params
 from tests.helpers import ROOT
 
 SRC = ROOT / "src" / "dreamstudy"
@@ -46,6 +46,7 @@ def cell_of(stage) -> tuple[str, str, dict]:
 def expected_outs(kind: str, layout: Layout, cell: dict) -> set[str]:
     label = strategy_label(cell["strategy"], cell.get("strength")) if "strategy" in cell else None
     run = (cell.get("method"), label, cell.get("subject"))
+    pair_run = (cell.get("variant"), BASELINE, cell.get("pair"))
     paths = {
         "fetch_data": ["data/dreambench"],
         "class_priors": [layout.class_priors(cell.get("subject", ""))],
@@ -60,15 +61,26 @@ def expected_outs(kind: str, layout: Layout, cell: dict) -> set[str]:
                    ("per_image.csv", "per_prompt.csv", "per_subject.csv", "real_images.csv", "breakdown.csv",
                     "stats.csv", "tests.csv", "encoders.json", "summary.json", "headline.json")],
         "report": [layout.paper] if layout.study == "ablation" else [layout.paper / "figures", layout.paper / "tables"],
+        "train_multi": [layout.model(*pair_run), layout.train_log(*pair_run) / "metrics.json",
+                        layout.train_log(*pair_run) / "plots/metrics/loss.tsv"],
+        "merge_multi": [layout.model(*pair_run)],
+        "sample_multi": [layout.samples(*pair_run)],
+        "evaluate_multi": [layout.scores(*pair_run)],
+        "gather_multi": [layout.metrics / name for name in
+                         ("per_image.csv", "per_prompt.csv", "stats.csv", "tests.csv", "encoders.json", "summary.json",
+                          "headline.json")],
+        "report_multi": [layout.paper],
     }
     return {str(path) for path in paths[kind]}
 
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    """The smoke DAG with every method and strategy, so that each kind and item is there."""
+    """The smoke DAG with every method, strategy and multi-concept variant, so that each kind and item is there."""
     raw = smoke_params(**{"train.methods": list(METHODS), "aug.strategies": list(STRATEGIES),
-                          "ablation.strategies": [s for s in STRATEGIES if s != BASELINE]})
+                          "ablation.strategies": [s for s in STRATEGIES if s != BASELINE],
+                          "multi.joint": list(METHODS), "multi.merges": {m: list(h) for m, h in MERGES.items()},
+                          "multi.regional": list(MULTI_VARIANTS)})
     return resolved_stages(tmp_path_factory.mktemp("dag"), raw)
 
 
@@ -82,6 +94,10 @@ def test_each_stage_depends_on_its_inputs_file_and_writes_where_the_layout_says(
         spec = dag.KINDS[kind]
         deps = {dep.def_path for dep in stage.deps}
         assert str(dag.inputs_file(study, kind, cell.get(spec.by))) in deps, stage.name
+        # its own subject's (or pair's subjects') identifier, no other subject's
+        subject_files = {d for d in deps if d.startswith(str(dag.INPUTS / study / "subjects"))}
+        subjects = key_subjects(cell["pair"]) if "pair" in cell else [cell.get("subject")]
+        assert subject_files == ({str(dag.subject_file(study, s)) for s in subjects} if spec.per_subject else set())
         # params and code reach a stage through its inputs file only
         assert not [d for d in deps if d.startswith(("src", "stages"))] and not stage.params, stage.name
         assert {out.def_path for out in stage.outs} == expected_outs(kind, Layout(study), cell), stage.name
@@ -151,7 +167,7 @@ def test_only_the_registries_import_our_modules_inside_functions():
 
 
 def test_a_stage_reads_only_the_params_it_declares(inputs):
-    assert params_of(inputs, "augment", "none") == {"train.identifier"}
+    assert params_of(inputs, "augment", "none") == set()
     assert {"aug.strength", "aug.num_per_image", "seed"} <= params_of(inputs, "augment", "classic")
     assert "aug.strength" not in params_of(inputs, "augment", "classic", study="ablation")  # from its command
     assert {"aug.img2img", "model.pretrained"} <= params_of(inputs, "augment", "img2img")
@@ -168,11 +184,21 @@ def test_a_stage_reads_only_the_params_it_declares(inputs):
 
 def test_a_key_outside_the_view_is_refused():
     p = validate_params(smoke_params())
-    view = dag.view(p, "main", "augment", "none")
-    assert view.train.identifier == p.train.identifier
+    view = dag.view(p, "main", "augment", "none", subjects=["dog"])
+    assert view.train.identifiers == {"dog": p.train.identifiers["dog"]}  # its own subject's, no other
     with pytest.raises(ParamsError, match=r"stages/augment.py \(main, none\) read `aug.strength`"):
         view.aug.strength  # noqa: B018
     lora = dag.view(p, "main", "train", "lora")
     assert lora.train.lora == p.train.lora and lora.train.checkpoint_every == p.train.checkpoint_every
     with pytest.raises(ParamsError, match="`train.dreambooth.lr`"):
         lora.train.dreambooth.lr  # noqa: B018
+
+
+def test_renaming_one_subjects_identifier_changes_that_subjects_file_only():
+    before = dag.stage_inputs(validate_params(smoke_params()))
+    raw = smoke_params()
+    raw["train"]["identifiers"]["dog"] = "ohwx"
+    after = dag.stage_inputs(validate_params(raw))
+    changed = {path for path in after if after[path] != before.get(path)}
+    assert changed == {dag.subject_file(study, "dog") for study in STUDIES}
+    assert after[dag.subject_file("main", "dog")] == {"params": {"train.identifiers.dog": "ohwx"}}

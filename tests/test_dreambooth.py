@@ -20,7 +20,7 @@ from PIL import Image
 from dreamstudy.augment import read_training_set
 from dreamstudy.methods import get_method
 from dreamstudy.methods.dreambooth import INDEX, DreamBooth, base_folder
-from dreamstudy.methods.trainer import Examples, Prior, prior_preservation_loss, train
+from dreamstudy.methods.trainer import Concept, Examples, Prior, prior_preservation_loss, train
 from dreamstudy.models.loading import ModelLoadError, load_components, load_pipeline, resolve_pretrained
 from dreamstudy.sampling.priors import generate_class_priors
 from dreamstudy.trainset import read_prior_set
@@ -41,8 +41,8 @@ def train_dreambooth(examples, prior=None, steps=3, **section):
         dreambooth={"lr": 1e-3, "steps": steps, "batch_size": 2, **section}))
     parts = load_components("tiny")
     losses = []
-    train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=RESOLUTION, seed=0,
-          prior=prior, log=lambda step, loss: losses.append(loss))
+    train(method, schedule, parts, [Concept(examples, "sks", "dog", prior)], resolution=RESOLUTION, seed=0,
+          log=lambda step, loss: losses.append(loss))
     return method, parts, losses
 
 
@@ -110,6 +110,7 @@ def smoke_folder(tmp_path, **priors) -> Path:
     params = yaml.safe_load((ROOT / "params.smoke.yaml").read_text())
     params["model"] = {"pretrained": "tiny", "resolution": RESOLUTION}
     params["data"]["subjects"] = ["dog", "dog2", "cat"]
+    params["multi"]["pairs"] = []  # its subjects would have to be the main study's
     params["priors"] |= {"num_inference_steps": 1, **priors}
     params["train"]["methods"] = ["lora", "dreambooth"]
     params["train"]["dreambooth"]["prior_preservation"] = params["priors"]["num_images"] > 0

@@ -82,6 +82,13 @@ def test_every_stage_runs_and_every_output_exists(smoke):
     assert tables and all("random" in t.read_text().lower() for t in tables)
     assert (repo / "models/lora/classic/dog/pytorch_lora_weights.safetensors").is_file()
     assert (repo / "results/samples/lora/none/backpack/samples.jsonl").is_file()
+    # the multi-concept study: one pair, joint and merged, with and without regions
+    assert {"train_multi@pair0-lora", "merge_multi_lora@pair0-sum", "sample_multi_regions@pair0-lora_sum",
+            "evaluate_multi_joint@pair0-lora", "gather_multi", "report_multi"} <= ran
+    assert set(json.loads((repo / "results/multi/metrics/summary.json").read_text())) == {
+        "lora_joint", "lora_sum", "lora_sum@regions"}
+    assert "random" in (repo / "paper/multi/table.tex").read_text().lower()
+    assert (repo / "paper/multi/samples_dog+backpack.png").is_file()
 
 
 def test_git_sees_the_metric_and_plot_files_and_no_other_output(smoke):
@@ -90,6 +97,7 @@ def test_git_sees_the_metric_and_plot_files_and_no_other_output(smoke):
     paths = {line[3:] for line in untracked if line}
     assert paths == {"dvc.lock", "params.yaml", "results/metrics/summary.json", "results/metrics/headline.json",
                      "results/ablation/metrics/summary.json", "results/ablation/metrics/headline.json",
+                     "results/multi/metrics/summary.json", "results/multi/metrics/headline.json",
                      *(str(p.relative_to(repo)) for p in repo.glob("results/**/train/**/*") if p.is_file())}
     assert {p.name for p in repo.glob("results/**/train/**/*") if p.is_file()} == {"loss.tsv", "metrics.json"}
 
@@ -158,6 +166,15 @@ def test_the_prior_weight_reruns_only_methods_with_prior_preservation(smoke):
                        *grid("train", methods=preserving)}
 
 
+def test_one_subjects_identifier_reruns_that_subjects_stages_only(smoke):
+    repo, _ = smoke
+    changed = with_params(repo, **{"train.identifiers.dog": "ohwx"})
+    main = {"augment@dog-none", "augment@dog-classic", *grid("train", subjects=["dog"]),
+            *grid("sample", subjects=["dog"])}
+    assert main <= changed
+    assert all(re.match(r"(augment|train|sample)_ablation(_none)?@dog\b", stage) for stage in changed - main)
+
+
 def test_the_strength_reruns_only_graded_augmentations(smoke):
     repo, _ = smoke
     assert with_params(repo, **{"aug.strength": 0.5}) == {"augment@dog-classic", "augment@backpack-classic"}
@@ -176,7 +193,7 @@ def test_a_method_module_reruns_only_that_method(smoke):
 
 def test_a_shared_module_reruns_every_stage_that_imports_it(smoke):
     repo, _ = smoke
-    importers = {path.parent.name + "/" + path.stem for path in (repo / "build/stage_inputs").rglob("*.json")
+    importers = {path.parent.name + "/" + path.stem for path in (repo / "build/stage_inputs").glob("*/*.json")
                  if "src/dreamstudy/text.py" in json.loads(path.read_text())["code"]}
     assert {"main/train-lora", "main/evaluate", "ablation/train-lora"} <= importers
     assert not importers & {"main/fetch_data", "main/report", "main/gather"}
@@ -188,8 +205,15 @@ def test_a_shared_module_reruns_every_stage_that_imports_it(smoke):
 
 def kind_of(stage: str) -> str:
     """"train_ablation@dog-classic-0.5" -> "ablation/train-lora": the inputs file a stage depends on (the smoke
-    ablation's method is lora)."""
+    ablation's method is lora); "merge_multi_lora@pair0-sum" -> "multi/merge_multi-lora_sum"."""
     name, _, cell = stage.partition("@")
+    if "_multi" in name:
+        kind, _, source = name.partition("_multi")
+        item = cell.split("-", 1)[1]
+        source = source.removeprefix("_")
+        variant = {"": f"{item}_joint", "joint": f"{item}_joint", "regions": f"{item}@regions"}.get(
+            source, f"{source}_{item}")
+        return f"multi/{kind}_multi-{variant}"
     kind, study = (name.removesuffix("_ablation_none").removesuffix("_ablation"),
                    "ablation" if "_ablation" in name else "main")
     by = dag.KINDS[kind].by

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dreamstudy.methods import get_method, trainer
-from dreamstudy.methods.trainer import Hardware, train
+from dreamstudy.methods.trainer import Concept, Hardware, train
 from dreamstudy.models.loading import load_components
 from tests.helpers import noise_examples, smoke_train_params
 
@@ -30,7 +30,7 @@ def train_method(examples, hardware: Hardware, method_name="lora", watch=None, *
     for module in (watch(parts),) if watch else ():
         module.register_forward_hook(lambda *_: calls.append(1))
     losses = []
-    train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=32, seed=0,
+    train(method, schedule, parts, [Concept(examples, "sks", "dog")], resolution=32, seed=0,
           hardware=hardware, log=lambda step, loss: losses.append(loss))
     return losses, parts, len(calls) / STEPS
 

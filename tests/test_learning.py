@@ -20,7 +20,15 @@ from dreamstudy.augment.dataset import instance_caption
 from dreamstudy.data.dataset import load_dataset
 from dreamstudy.data.fetch import fetch_dreambench
 from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import Examples, diffusion_loss, latent_distribution, pixel_batch, tokenize, train
+from dreamstudy.methods.trainer import (
+    Concept,
+    Examples,
+    diffusion_loss,
+    latent_distribution,
+    pixel_batch,
+    tokenize,
+    train,
+)
 from dreamstudy.models.loading import load_components, load_pipeline
 from dreamstudy.params import METHODS
 from dreamstudy.sampling.sample import use_scheduler
@@ -51,8 +59,8 @@ def trained(subject):
             method, schedule = get_method(name, smoke_train_params(**{name: section}))
             parts = load_components("tiny")
             examples = Examples([(image, instance_caption("sks", subject.class_name)) for image in subject.images[:-1]])
-            train(method, dataclasses.replace(schedule, steps=steps), parts, examples, identifier="sks",
-                  class_name=subject.class_name, resolution=RESOLUTION, seed=0)
+            train(method, dataclasses.replace(schedule, steps=steps), parts,
+                  [Concept(examples, "sks", subject.class_name)], resolution=RESOLUTION, seed=0)
             runs[name, steps] = method, parts
         return runs[name, steps]
     return fit

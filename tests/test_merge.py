@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from dreamstudy.methods.custom_diffusion import KV, CustomDiffusion
 from dreamstudy.methods.lora import WEIGHTS, Lora
-from dreamstudy.methods.tokens import EMBEDS
+from dreamstudy.methods.tokens import EMBEDS, NewToken
 from dreamstudy.methods.trainer import tokenize
 from dreamstudy.models.loading import load_components, load_pipeline, resolve_pretrained
 from dreamstudy.multi.merge import (
@@ -25,6 +25,7 @@ from dreamstudy.multi.merge import (
     load_loras,
     load_merged_custom_diffusion,
     merge_custom_diffusion,
+    merge_models,
     save_merged_lora,
     text_features,
 )
@@ -57,7 +58,7 @@ def make_lora(folder: Path, rank: int, alpha: float, text_encoder: bool, seed: i
     parts, method = load_components("tiny"), Lora(rank=rank, alpha=alpha, trains_text_encoder=text_encoder)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in method.prepare(parts, "sks", "dog"):
+        for p in method.prepare(parts, ["sks"], ["dog"]):
             p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
     folder.mkdir(parents=True)
     method.save(parts, folder)
@@ -180,15 +181,30 @@ def test_two_textual_inversion_tokens_load_side_by_side(tmp_path):
         load_embeddings(stock(), [folders[0], same])
 
 
+def test_composed_textual_inversion_loads_as_a_jointly_trained_one_into_a_stock_pipeline(tmp_path):
+    folders = [write_embedding(tmp_path / "x", "<x1>", 1), write_embedding(tmp_path / "y", "<y1>", 2)]
+    merge_models("textual_inversion_compose", stock(), [(folders[0], "dog"), (folders[1], "toy")], tmp_path / "xy")
+    composed, separate = stock(), stock()
+    NewToken().load_into(composed, tmp_path / "xy")  # the method's loader: stock load_textual_inversion
+    load_embeddings(separate, folders)
+    assert torch.equal(composed.text_encoder.get_input_embeddings().weight,
+                       separate.text_encoder.get_input_embeddings().weight)
+    with pytest.raises(ValueError, match="learned the same token"):
+        merge_models("textual_inversion_compose", stock(), [(folders[0], "dog"), (write_embedding(
+            tmp_path / "z", "<x1>", 3), "toy")], tmp_path / "xz")
+    with pytest.raises(ValueError, match="'dreambooth_sum' is not a merge"):
+        merge_models("dreambooth_sum", stock(), [(folders[0], "dog")], tmp_path / "no")
+
+
 def make_custom_diffusion(folder: Path, token: str, seed: int) -> Path:
     """A CD folder as CustomDiffusion.save writes it, its K/V and token row moved at random from the base's."""
     parts, method = load_components("tiny"), CustomDiffusion()
-    kv = method.prepare(parts, token, "dog")[:-1]
+    kv = method.prepare(parts, [token], ["dog"])[:-1]
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in kv:
             p.add_(torch.randn(p.shape, generator=generator) * 0.1)
-        method.learned.weight(parts)[method.learned.id] += torch.randn(32, generator=generator)
+        method.learned.weight(parts)[method.learned.ids[0]] += torch.randn(32, generator=generator)
     folder.mkdir(parents=True)
     method.save(parts, folder)
     return folder

@@ -179,3 +179,75 @@ def test_ablation_cells(cell, outcome):
     run = subprocess.run([sys.executable, "-c", probe, "--params", "params.smoke.yaml", "--study", "ablation",
                           "--subject", "dog", *cell], cwd=ROOT, capture_output=True, text=True)
     assert outcome in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("word, message", [
+    ("cat", "common token of SD's tokenizer"),      # an ordinary word: the model knows what it means
+    ("qxj", "not one token"),                      # split in several tokens
+    ("s ks", "not a word of lower-case ASCII letters"),
+    ("<sks>", "not a word of lower-case ASCII letters"),
+])
+def test_an_identifier_must_be_one_rare_token(smoke, word, message):
+    with pytest.raises(ParamsError, match=rf"train\.identifiers: .*dog: .*{message}"):
+        validate_params(with_change(smoke, "train.identifiers.dog", word))
+
+
+def test_each_subject_has_its_own_identifier(smoke):
+    raw = with_change(smoke, "train.identifiers.dog", smoke["train"]["identifiers"]["backpack"])
+    with pytest.raises(ParamsError, match=r"train\.identifiers: .*\['sks'\] name\(s\) several subjects"):
+        validate_params(raw)
+    raw = copy.deepcopy(smoke)
+    del raw["train"]["identifiers"]["dog"]
+    with pytest.raises(ParamsError, match=r"no identifier for \['dog'\]"):
+        validate_params(raw)
+    with pytest.raises(ParamsError, match="unicorn"):
+        validate_params(with_change(smoke, "train.identifiers.unicorn", "ohwx"))
+
+
+def test_the_default_identifiers_are_single_tokens_of_sd_tokenizer(smoke):
+    from dreamstudy.models.loading import TINY, load_tokenizer  # the real CLIP vocabulary, rebuilt offline
+
+    tokenizer = load_tokenizer(TINY)
+    for subject, word in smoke["train"]["identifiers"].items():
+        ids = tokenizer(f"a photo of {word} dog", add_special_tokens=False).input_ids
+        assert len(ids) == 5 and tokenizer.decode(ids[3:4]) == word, subject
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("multi.pairs", [{"first": "dog", "second": "unicorn"}], r"multi\.pairs: .*pairs\[0\] 'dog\+unicorn': unknown"),
+    ("multi.pairs", [{"first": "dog", "second": "dog"}], r"pairs\[0\] 'dog\+dog': a pair is two different"),
+    ("multi.pairs", [{"first": "dog", "second": "backpack", "third": "can"}], r"multi\.pairs\.0\.third: unknown"),
+    ("multi.pairs", [{"first": "dog"}], r"multi\.pairs\.0\.second: missing"),
+    ("multi.pairs", [{"first": "dog", "second": "backpack"}, {"first": "dog", "second": "backpack"}],
+     "a pair is listed twice"),
+    ("multi.pairs", ["dog+backpack"], r"multi\.pairs\.0"),
+    ("multi.pairs", [{"first": "backpack", "second": "dog"}], r"'backpack\+dog': .*list the live subject first"),
+    ("multi.regions", [[0, 0, 0.5, 1], [0.5, 0, 1.2, 1]], r"multi\.regions: .*regions\[1\] must lie inside \[0, 1\]"),
+    ("multi.regions", [[0, 0, 0.5, 1], [0.5, 0, 0.5, 1]], r"regions\[1\] is empty"),
+    ("multi.regions", [[0, 0, 1, 1]], "needs two boxes"),
+    ("multi.regional", ["lora_average"], r"regional \[.lora_average.\]: not in joint or merges"),
+    ("multi.joint", ["lora", "orthogonal"], r"multi\.joint"),
+    ("multi.merges.lora", ["cat"], r"multi\.merges\.lora"),
+    ("multi.merges.dreambooth", ["sum"], r"multi\.merges\.dreambooth: unknown key"),
+    ("multi.fusion.solver", "adam", r"multi\.fusion\.solver"),
+])
+def test_bad_multi_concept_settings_name_the_key(smoke, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        validate_params(with_change(smoke, key, value))
+
+
+def test_a_pair_subject_needs_an_identifier_and_a_merge_its_single_concept_models(smoke):
+    raw = with_change(smoke, "multi.pairs", [{"first": "dog", "second": "can"}])
+    del raw["train"]["identifiers"]["can"]
+    with pytest.raises(ParamsError, match=r"no identifier for \['can'\]"):
+        validate_params(raw)
+    raw = with_change(smoke, "multi.pairs", [{"first": "dog", "second": "can"}])
+    with pytest.raises(ParamsError, match=r"main study's training sets .*data\.subjects lacks \['can'\]"):
+        validate_params(raw)
+    with pytest.raises(ParamsError, match=r"train\.methods lacks 'lora' \(for multi variant 'lora_sum'\)"):
+        validate_params(with_change(smoke, "train.methods", ["dreambooth"]))
+    with pytest.raises(ParamsError, match=r"aug\.strategies lacks 'none'"):
+        validate_params(with_change(smoke, "aug.strategies", ["classic"]))
+    raw = with_change(smoke, "train.methods", ["dreambooth"])
+    raw = with_change(with_change(raw, "multi.regional", []), "multi.merges", {"lora": [], "custom_diffusion": [], "textual_inversion": []})
+    assert validate_params(with_change(raw, "multi.joint", ["dreambooth"])).multi.variants == ["dreambooth_joint"]

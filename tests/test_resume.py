@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import Checkpointing, Hardware, train
+from dreamstudy.methods.trainer import Checkpointing, Concept, Hardware, train
 from dreamstudy.models.loading import load_components
 from tests.helpers import noise_examples, smoke_train_params
 
@@ -35,7 +35,7 @@ def run(examples, out, checkpoints, kill_at=None, fingerprint="run", seed=3, eve
             raise Killed
 
     try:
-        train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=32, seed=seed,
+        train(method, schedule, parts, [Concept(examples, "sks", "dog")], resolution=32, seed=seed,
               checkpointing=Checkpointing(checkpoints, every=every, fingerprint=fingerprint), hardware=hardware,
               log=log)
     except Killed:

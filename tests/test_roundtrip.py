@@ -18,7 +18,7 @@ from dreamstudy.methods import get_method
 from dreamstudy.methods.custom_diffusion import KV
 from dreamstudy.methods.dreambooth import DreamBooth
 from dreamstudy.methods.lora import WEIGHTS
-from dreamstudy.methods.trainer import tokenize, train
+from dreamstudy.methods.trainer import Concept, tokenize, train
 from dreamstudy.models.loading import load_components, load_pipeline, resolve_pretrained
 from tests.helpers import noise_examples, smoke_train_params
 
@@ -54,8 +54,7 @@ def artefact(tmp_path_factory):
         if case not in done:
             method, schedule = method_of(case)
             parts = load_components("tiny")
-            train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=RESOLUTION,
-                  seed=0)
+            train(method, schedule, parts, [Concept(examples, "sks", "dog")], resolution=RESOLUTION, seed=0)
             folder = tmp_path_factory.mktemp(case) / "model"
             folder.mkdir()
             method.save(parts, folder)

@@ -10,8 +10,8 @@ from transformers import CLIPTokenizer
 
 from dreamstudy.methods import get_method
 from dreamstudy.methods.custom_diffusion import KV
-from dreamstudy.methods.tokens import EMBEDS, LearnedToken, check_token
-from dreamstudy.methods.trainer import train
+from dreamstudy.methods.tokens import EMBEDS, LearnedTokens, check_token
+from dreamstudy.methods.trainer import Concept, train
 from dreamstudy.models.loading import load_components, resolve_pretrained
 from tests.helpers import noise_examples, smoke_train_params
 
@@ -28,7 +28,7 @@ def trained(name, examples, folder):
     method, schedule = get_method(name, smoke_train_params(
         **{name: {"lr": 5e-2, "steps": 4, "batch_size": 2, "prior_preservation": False}}))
     parts = load_components("tiny")
-    train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=RESOLUTION, seed=0)
+    train(method, schedule, parts, [Concept(examples, "sks", "dog")], resolution=RESOLUTION, seed=0)
     folder.mkdir()
     method.save(parts, folder)
     return method, parts
@@ -86,14 +86,15 @@ def test_ti_trains_only_the_placeholder_row(ti, original):
 
 def test_placeholder_starts_as_the_class_tokens_mean_and_alone_gets_gradient():
     parts = load_components("tiny")
-    learned = LearnedToken.add(parts, "<sks>", "stuffed animal")
+    learned = LearnedTokens.add(parts, ["<sks>"], ["stuffed animal"])
+    (row,) = learned.ids
     ids = parts.tokenizer("stuffed animal", add_special_tokens=False).input_ids
-    assert len(ids) == 2 and torch.equal(embedding(parts)[learned.id], embedding(parts)[ids].mean(0))
+    assert len(ids) == 2 and torch.equal(embedding(parts)[row], embedding(parts)[ids].mean(0))
     # Gradient clipping sees the placeholder's row only, though the caption's other words have rows too.
     caption = parts.tokenizer("a photo of <sks> stuffed animal", return_tensors="pt").input_ids
     parts.text_encoder(caption)[0].square().sum().backward()
-    grad = LearnedToken.weight(parts).grad
-    assert grad[learned.id].abs().sum() > 0 and not grad[:learned.id].any()
+    grad = LearnedTokens.weight(parts).grad
+    assert grad[row].abs().sum() > 0 and not grad[:row].any()
 
 
 def test_ti_artefact_is_the_placeholders_row_under_its_token(ti):
@@ -109,11 +110,11 @@ def test_bad_placeholders_are_refused_before_any_model_loads(ti):
     check_token(tokenizer, "<sks>")
     assert len(tokenizer) == size  # the check works on a copy
     for token in ("<|endoftext|>", "sks", "dog"):  # a special token, whole words of the vocabulary
-        with pytest.raises(ValueError, match="already in the tokenizer's vocabulary.*train.identifier"):
+        with pytest.raises(ValueError, match=r"\(from train.identifiers\) is already in the tokenizer's vocabulary"):
             check_token(tokenizer, token)
     with pytest.raises(ValueError, match="already in the tokenizer's vocabulary"):
         check_token(parts.tokenizer, "<sks>")  # a tokenizer that has learned it
-    with pytest.raises(ValueError, match="does not stay one token.*train.identifier"):
+    with pytest.raises(ValueError, match=r"\(from train.identifiers\) does not stay one token"):
         check_token(tokenizer, " ")  # would match between every two words
 
 

@@ -12,7 +12,7 @@ from dreamstudy.data.dataset import Subject
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import write_jsonl
 from dreamstudy.methods import get_method, run
-from dreamstudy.methods.trainer import Optimization, train
+from dreamstudy.methods.trainer import Concept, Optimization, train
 from dreamstudy.models.loading import load_components
 from dreamstudy.params import load_params
 from dreamstudy.trainset import CAPTIONS, write_prior_set
@@ -27,11 +27,12 @@ def test_untrainable_token_stops_before_models_load(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run, "load_components", no_models)
     p = load_params(ROOT / "params.smoke.yaml")
-    p = p.model_copy(update={"train": p.train.model_copy(update={"identifier": "|endoftext|"})})
+    identifiers = p.train.identifiers | {"dog": "|endoftext|"}  # past the schema's check, as a stale params object
+    p = p.model_copy(update={"train": p.train.model_copy(update={"identifiers": identifiers})})
     subject = Subject("dog", SUBJECTS["dog"], True, [], [])
-    with pytest.raises(ValueError, match="train.identifier"):
-        run.train_run(p, subject=subject, method_name="textual_inversion", strategy="none",
-                      training_set=tmp_path / "missing", prior_set=tmp_path / "prior_set.json",
+    with pytest.raises(ValueError, match="train.identifiers"):
+        run.train_run(p, run="textual_inversion/none/dog", method_name="textual_inversion", subjects=[subject],
+                      training_sets=[tmp_path / "missing"], prior_sets=[tmp_path / "prior_set.json"],
                       out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
 
 
@@ -50,8 +51,9 @@ def test_each_methods_optimizer_settings_reach_the_trainer(tmp_path, monkeypatch
     write_jsonl(tmp_path / "set" / CAPTIONS, [{"file": "00.png", "caption": "a photo of sks dog"}])
     write_prior_set(tmp_path / "prior_set.json", None, 1.0)
     with pytest.raises(Reached) as reached:
-        run.train_run(p, subject=Subject("dog", SUBJECTS["dog"], True, [], []), method_name="lora", strategy="none",
-                      training_set=tmp_path / "set", prior_set=tmp_path / "prior_set.json",
+        run.train_run(p, run="lora/none/dog", method_name="lora",
+                      subjects=[Subject("dog", SUBJECTS["dog"], True, [], [])],
+                      training_sets=[tmp_path / "set"], prior_sets=[tmp_path / "prior_set.json"],
                       out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
     assert reached.value.args == (Optimization(weight_decay=0.05, max_grad_norm=None),)
 
@@ -65,7 +67,7 @@ def train_lora(examples, steps: int, optimization: Optimization) -> dict[str, to
     """LoRA's weights after `steps` steps at learning rate LR (0 steps: as initialised)."""
     method, schedule = get_method("lora", smoke_train_params(lora={"lr": LR, "batch_size": 1}))
     parts = load_components("tiny")
-    train(method, dataclasses.replace(schedule, steps=steps), parts, examples, identifier="sks", class_name="dog",
+    train(method, dataclasses.replace(schedule, steps=steps), parts, [Concept(examples, "sks", "dog")],
           resolution=32, seed=0, optimization=optimization)
     return {name: p.detach().clone() for name, p in parts.unet.named_parameters() if "lora" in name}
 

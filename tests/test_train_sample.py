@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import read_jsonl
 from dreamstudy.methods import get_method
-from dreamstudy.methods.trainer import train
+from dreamstudy.methods.trainer import Concept, train
 from dreamstudy.models.loading import load_components, resolve_pretrained
 from dreamstudy.sampling.protocol import SampleSpec
 from dreamstudy.sampling.sample import generate
@@ -31,7 +31,7 @@ def train_lora(examples, out, seed=0, steps=4):
     method, schedule = get_method("lora", smoke_train_params(lora={"lr": 1e-2, "steps": steps, "batch_size": 2}))
     parts = load_components("tiny")
     losses = []
-    train(method, schedule, parts, examples, identifier="sks", class_name="dog", resolution=RESOLUTION,
+    train(method, schedule, parts, [Concept(examples, "sks", "dog")], resolution=RESOLUTION,
           seed=seed, log=lambda step, loss: losses.append(loss))
     out.mkdir()
     method.save(parts, out)

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from dreamstudy.dag import KINDS, ParamsView, view
-from dreamstudy.layout import BASELINE, STUDIES, Layout, strategy_label
+from dreamstudy.layout import BASELINE, Layout, key_subjects, strategy_label
+from dreamstudy.multi.variants import study_labels
 from dreamstudy.params import ParamsError, load_params
 
 # grid item -> the params list it must belong to, per study
@@ -19,6 +20,8 @@ GRIDS = {
              "method": lambda p: p.train.methods},
     "ablation": {"subject": lambda p: p.ablation.subjects, "strategy": lambda p: [BASELINE, *p.ablation.strategies],
                  "method": lambda p: [p.ablation.method], "strength": lambda p: p.ablation.strengths},
+    "multi": {"pair": lambda p: [pair.key for pair in p.multi.pairs],
+              "variant": lambda p: study_labels(p.multi)},
 }
 
 
@@ -44,7 +47,8 @@ def stage_args(kind: str, description: str, argv=None,
     gc.enable()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--study", choices=STUDIES, default="main", help="main study or the ablation grid")
+    parser.add_argument("--study", choices=KINDS[kind].studies, default=KINDS[kind].studies[0],
+                        help="the study whose grid cell this is")
     parser.add_argument("--strength", type=float, help="the ablation cell's aug.strength (--study ablation)")
     items = KINDS[kind].cell
     for item in items:
@@ -63,13 +67,16 @@ def stage_args(kind: str, description: str, argv=None,
                               "the main study and whole-study stages take none)")
         for item in [*items, "strength"] if graded else items:
             value, valid = getattr(args, item), GRIDS[args.study][item](params)
+            if item == KINDS[kind].by and KINDS[kind].items is not None:  # e.g. train_multi: joint variants only
+                valid = [v for v in valid if v in KINDS[kind].items]
             if value not in valid:
-                raise ParamsError(f"--{item} {value!r} is not in the {args.study} grid of {args.params}; "
-                                  f"valid: {valid}")
+                raise ParamsError(f"--{item} {value!r} is not in the {args.study} grid of {args.params} for "
+                                  f"stages/{kind}.py; valid: {valid}")
     except ParamsError as err:
         sys.exit(f"error: {err}")
     args.layout = Layout(args.study)
     if "strategy" in items:
         args.label = strategy_label(args.strategy, args.strength)
     by = KINDS[kind].by
-    return args, view(params, args.study, kind, getattr(args, by) if by else None)
+    subjects = [args.subject] if "subject" in items else key_subjects(args.pair) if "pair" in items else []
+    return args, view(params, args.study, kind, getattr(args, by) if by else None, subjects)

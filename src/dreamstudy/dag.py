@@ -8,6 +8,8 @@ preservation reads no priors key, a Custom Diffusion run executes tokens.py and 
 params keys that stage reads (declared here; every stage gets a `ParamsView` that refuses any other key) and
 the sha256 of exactly the files it executes (found by importing the stage as it runs); each stage depends on
 its own file. A change reruns `stage_inputs` (seconds), then DVC reruns just the stages whose file changed.
+A subject's own keys (PER_SUBJECT: its identifier) are in one more file per subject, so that renaming one
+subject's identifier reruns that subject's stages alone.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import json
 import os
 import runpy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from dreamstudy.io import file_sha256
 from dreamstudy.layout import BASELINE, STUDIES
-from dreamstudy.params import METHODS, STRATEGIES, Params, ParamsError
+from dreamstudy.multi.variants import SAMPLE_LABELS, parse_sample_label, variant_method
+from dreamstudy.params import JOINT_METHOD, MERGED_FROM, METHODS, STRATEGIES, Params, ParamsError
 
 PACKAGE = Path(__file__).resolve().parent
 INPUTS = Path("build/stage_inputs")
@@ -41,6 +45,14 @@ class Kind:
     imports_item: bool = True  # whether it imports that item's module (registry.method_module, strategy_module)
     # keys it reads that provably leave its outputs unchanged: not in its inputs file (a test keeps each claim)
     untracked: tuple[str, ...] = ()
+    per_subject: bool = False  # reads its subject's (or pair's subjects') PER_SUBJECT keys, from their own files
+    studies: tuple[str, ...] = ("main", "ablation")  # the studies with stages of this kind
+    items: tuple[str, ...] | None = None  # the values its `by` item takes, if not all of ITEMS[by]
+
+
+# Keys of one subject: a stage reads its own subject's from build/stage_inputs/{study}/subjects/{subject}.json,
+# so that renaming one subject's identifier reruns that subject's stages only.
+PER_SUBJECT = ("train.identifiers.{subject}",)
 
 
 def _fetch_data(p: Params, study: str, item: None) -> list[str]:
@@ -62,20 +74,41 @@ def _augment(p: Params, study: str, strategy: str) -> list[str]:
     from dreamstudy.augment.registry import strategy_reads  # the strategy's module declares what it reads
 
     graded = strategy != BASELINE and study == "main"  # the ablation's strength comes with its command
-    return ["train.identifier", *(["aug.strength"] if graded else []), *strategy_reads(strategy, p)]
+    return [*(["aug.strength"] if graded else []), *strategy_reads(strategy, p)]
 
 
 def _train(p: Params, study: str, method: str) -> list[str]:
-    return ["seed", "model.pretrained", "model.resolution", "train.identifier", "train.mixed_precision",
+    return ["seed", "model.pretrained", "model.resolution", "train.mixed_precision",
             "train.gradient_checkpointing", "train.use_8bit_adam", f"train.{method}"]
 
 
 def _sample(p: Params, study: str, method: str) -> list[str]:
-    return ["seed", "model.pretrained", "model.resolution", "train.identifier", f"train.{method}",
+    return ["seed", "model.pretrained", "model.resolution", f"train.{method}",
             "data.prompts_per_subject", "sample.images_per_prompt", "sample.num_inference_steps",
             "sample.guidance_scale", "sample.scheduler", "sample.batch_size", "sample.pres_images",
             # other kernels: the images change in the last bits, as with sample.batch_size
             "sample.compile", "sample.channels_last"]
+
+
+def _train_multi(p: Params, study: str, variant: str) -> list[str]:
+    return _train(p, study, JOINT_METHOD[variant])  # the method's own settings, both subjects at once
+
+
+def _merge_multi(p: Params, study: str, variant: str) -> list[str]:
+    return ["model.pretrained"]  # merges read the base model (LoRA: to load into; CD: its K/V and text features)
+
+
+def _sample_multi(p: Params, study: str, label: str) -> list[str]:
+    variant, regional = parse_sample_label(label)
+    return ["seed", "model.pretrained", "model.resolution", f"train.{variant_method(variant)}",
+            "multi.prompts_per_pair", "multi.images_per_prompt", "sample.num_inference_steps",
+            "sample.guidance_scale", "sample.scheduler", "sample.batch_size", "sample.compile",
+            "sample.channels_last", *(["multi.regions"] if regional else [])]
+
+
+def _gather_multi(p: Params, study: str, item: None) -> list[str]:
+    return ["seed", "eval.bootstrap_samples", "eval.confidence", "eval.alpha", "multi.pairs", "multi.joint",
+            "multi.merges", "multi.regional"]
 
 
 def _evaluate(p: Params, study: str, item: None) -> list[str]:
@@ -96,14 +129,30 @@ KINDS = {
     "fetch_data": Kind((), _fetch_data),
     "class_priors": Kind(("subject",), _class_priors),
     "prior_set": Kind(("subject", "method"), _prior_set, by="method", imports_item=False),
-    "augment": Kind(("subject", "strategy"), _augment, by="strategy"),
-    "train": Kind(("subject", "method", "strategy"), _train, by="method", untracked=("train.checkpoint_every",)),
-    "sample": Kind(("subject", "method", "strategy"), _sample, by="method"),
+    "augment": Kind(("subject", "strategy"), _augment, by="strategy", per_subject=True),
+    "train": Kind(("subject", "method", "strategy"), _train, by="method", untracked=("train.checkpoint_every",),
+                  per_subject=True),
+    "sample": Kind(("subject", "method", "strategy"), _sample, by="method", per_subject=True),
     "evaluate": Kind(("subject", "method", "strategy"), _evaluate),
     "gather": Kind((), _gather),
     "report": Kind((), _report),
+    # the multi-concept study: a pair's model, made by joint training or by merging single-concept models
+    "train_multi": Kind(("pair", "variant"), _train_multi, by="variant", untracked=("train.checkpoint_every",),
+                        per_subject=True, studies=("multi",), items=tuple(JOINT_METHOD)),
+    "merge_multi": Kind(("pair", "variant"), _merge_multi, by="variant", imports_item=False, studies=("multi",),
+                        items=tuple(MERGED_FROM)),
+    "sample_multi": Kind(("pair", "variant"), _sample_multi, by="variant", per_subject=True, studies=("multi",),
+                         items=SAMPLE_LABELS),
+    "evaluate_multi": Kind(("pair", "variant"), _evaluate, studies=("multi",)),
+    "gather_multi": Kind((), _gather_multi, studies=("multi",)),
+    "report_multi": Kind((), lambda p, study, item: [], studies=("multi",)),  # from results/multi/ alone
 }
-ITEMS = {"method": METHODS, "strategy": STRATEGIES, None: (None,)}
+ITEMS = {"method": METHODS, "strategy": STRATEGIES, "variant": SAMPLE_LABELS, None: (None,)}
+
+
+def kind_items(kind: str) -> tuple:
+    spec = KINDS[kind]
+    return spec.items if spec.items is not None else ITEMS[spec.by]
 
 
 def inputs_file(study: str, kind: str, item: str | None = None) -> Path:
@@ -111,12 +160,21 @@ def inputs_file(study: str, kind: str, item: str | None = None) -> Path:
     return INPUTS / study / (f"{kind}-{item}.json" if item else f"{kind}.json")
 
 
+def subject_file(study: str, subject: str) -> Path:
+    """build/stage_inputs/{study}/subjects/{subject}.json: the PER_SUBJECT keys of `subject`."""
+    return INPUTS / study / "subjects" / f"{subject}.json"
+
+
+def subject_keys(subject: str) -> list[str]:
+    return [key.format(subject=subject) for key in PER_SUBJECT]
+
+
 def lookup(p: Params, key: str):
-    """The value of a dotted key ("train.lora.rank") or section, as JSON-ready data."""
+    """The value of a dotted key ("train.lora.rank", "train.identifiers.dog") or section, as JSON-ready data."""
     node = p
     for part in key.split("."):
-        node = getattr(node, part)
-    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return to_jsonable_python(node)  # sections and lists of them (multi.pairs) as plain data
 
 
 class ParamsView:
@@ -128,27 +186,34 @@ class ParamsView:
         self._node, self._allowed, self._who, self._path = node, allowed, who, path
 
     def __getattr__(self, name: str):
+        computed = getattr(type(self._node), name, None)
+        if isinstance(computed, property):  # e.g. multi.variants: from keys, each read through this view
+            return computed.fget(self)
         key = f"{self._path}.{name}" if self._path else name
         value = getattr(self._node, name)
         if key in self._allowed or any(key.startswith(f"{a}.") for a in self._allowed):
             return value
         if isinstance(value, BaseModel):  # a section: refuse its keys one by one
             return ParamsView(value, self._allowed, self._who, key)
+        if isinstance(value, dict):  # per-subject keys: the entries it may read
+            return {k: v for k, v in value.items() if f"{key}.{k}" in self._allowed}
         raise ParamsError(f"{self._who} read `{key}`, which dreamstudy/dag.py does not list among its params: "
                           "DVC would not rerun it when that key changes; add it there")
 
 
-def view(p: Params, study: str, kind: str, item: str | None) -> ParamsView:
+def view(p: Params, study: str, kind: str, item: str | None, subjects: Sequence[str] = ()) -> ParamsView:
     spec = KINDS[kind]
-    allowed = frozenset([*spec.reads(p, study, item if spec.by else None), *spec.untracked])
+    allowed = frozenset([*spec.reads(p, study, item if spec.by else None), *spec.untracked,
+                         *(key for subject in subjects if spec.per_subject for key in subject_keys(subject))])
     return ParamsView(p, allowed, f"stages/{kind}.py ({study}{f', {item}' if item else ''})")
 
 
 def _load_item(by: str | None, item: str | None) -> None:
-    """Import what a stage imports for its item at run time: the method's or strategy's module."""
-    if by == "method":
+    """Import what a stage imports for its item at run time: the method's (a variant's method's) or strategy's
+    module."""
+    if by in ("method", "variant"):
         from dreamstudy.methods.registry import method_module
-        method_module(item)
+        method_module(item if by == "method" else variant_method(parse_sample_label(item)[0]))
     elif by == "strategy":
         from dreamstudy.augment.registry import strategy_module
         strategy_module(item)
@@ -221,9 +286,11 @@ def stage_inputs(p: Params) -> dict[Path, dict]:
     """Every stage kind's inputs file for every study and item: {"params": {key: value}, "code": {file: sha256}}."""
     _preload()
     code = {}
-    for kind, spec in KINDS.items():
-        for item in ITEMS[spec.by]:
+    for kind in KINDS:
+        for item in kind_items(kind):
             code[kind, item] = {_name(f): file_sha256(f) for f in executed_files(kind, item)}
-    return {inputs_file(study, kind, item): {"params": {key: lookup(p, key) for key in spec.reads(p, study, item)},
-                                             "code": code[kind, item]}
-            for study in STUDIES for kind, spec in KINDS.items() for item in ITEMS[spec.by]}
+    files = {inputs_file(study, kind, item): {"params": {key: lookup(p, key) for key in spec.reads(p, study, item)},
+                                              "code": code[kind, item]}
+             for kind, spec in KINDS.items() for study in spec.studies for item in kind_items(kind)}
+    return files | {subject_file(study, subject): {"params": {key: lookup(p, key) for key in subject_keys(subject)}}
+                    for study in STUDIES for subject in p.train.identifiers}

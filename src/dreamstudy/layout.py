@@ -1,5 +1,7 @@
 """Where the stages of a study read and write. The ablation is the same pipeline under ablation/
-folders, its strategies labelled with their strength ("classic@0.5"), so one set of stage CLIs serves both."""
+folders, its strategies labelled with their strength ("classic@0.5"), so one set of stage CLIs serves both.
+The multi-concept study's runs are keyed the same way, under multi/ folders: its variant where a method goes,
+the original images (`none`) as strategy, and a pair's key ("dog+bear_plushie") as subject."""
 
 from __future__ import annotations
 
@@ -7,8 +9,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-STUDIES = ("main", "ablation")
+STUDIES = ("main", "ablation", "multi")
 BASELINE = "none"  # the original images: what every strategy is compared with, in both studies
+PAIR_JOIN = "+"  # a run's subjects in its key: "dog" alone, "dog+bear_plushie" for a pair (no subject has a +)
+
+
+def pair_key(subjects) -> str:
+    """The name of a set of subjects where a run names its subject: the subjects in their params order."""
+    return PAIR_JOIN.join(subjects)
+
+
+def key_subjects(key: str) -> list[str]:
+    """The subjects of a run's subject key: ["dog"] or ["dog", "bear_plushie"]."""
+    return key.split(PAIR_JOIN)
 
 
 def strategy_label(strategy: str, strength: float | None) -> str:

@@ -13,7 +13,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dreamstudy.data.dreambench import SUBJECTS
-from dreamstudy.layout import BASELINE
+from dreamstudy.layout import BASELINE, pair_key
+from dreamstudy.models.tokenizer import check_identifier
+from dreamstudy.multi.boxes import check_box
+from dreamstudy.multi.prompts import pair_kind
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -23,6 +26,15 @@ STRATEGIES = ("none", "classic", "scale", "background", "img2img", "controlnet",
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 SOURCES = ("github", "local", "embedded")
 BACKGROUNDS = ("solid", "noise", "stripes", "checker", "scene")  # augment/background.py's kinds
+# The multi-concept study's models of a pair, each named "<method>_<how>": a method trained on both subjects at
+# once with its main-study settings ("lora_joint"), or the main study's two single-concept models of a method
+# merged ("lora_sum"). Mix-of-Show's gradient fusion of two ED-LoRAs (multi/gradient_fusion.py, multi/edlora.py)
+# has no stage yet.
+MERGES = {"lora": ("sum", "average"), "custom_diffusion": ("merge",), "textual_inversion": ("compose",)}
+JOINT_METHOD = {f"{method}_joint": method for method in METHODS}  # variant -> the method it trains
+MERGED_FROM = {f"{method}_{how}": method for method, hows in MERGES.items() for how in hows}  # -> whose models
+MULTI_VARIANTS = (*JOINT_METHOD, *MERGED_FROM)
+FUSION_SOLVERS = ("closed_form", "lbfgs")
 DREAMBENCH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
 
 
@@ -178,7 +190,9 @@ class CheckpointParams(Section):
 
 class TrainParams(Section):
     methods: list[Literal[METHODS]] = Field(description="personalization methods of the study (DAG shape)")
-    identifier: str = Field("sks", description="rare token that names the subject")
+    identifiers: dict[str, str] = Field(
+        description="subject -> the rare word that names it in captions and prompts: one token of SD's tokenizer "
+                    "from its rarest fifth, a different one per subject, so that two subjects' models compose")
     checkpoint_every: CheckpointParams = Field(
         default_factory=CheckpointParams, description="steps between resumable checkpoints, per method")
     # "fp32", not accelerate's "no": YAML reads an unquoted no as false, and `dvc exp run -S` unquotes
@@ -190,12 +204,19 @@ class TrainParams(Section):
     textual_inversion: TextualInversionParams
     custom_diffusion: CustomDiffusionParams
 
-    @field_validator("identifier")
+    @field_validator("identifiers")
     @classmethod
-    def _one_word(cls, value: str) -> str:
-        if not value or len(value.split()) != 1:
-            raise ValueError("must be a single word")
-        return value
+    def _rare_distinct_tokens(cls, identifiers: dict[str, str]) -> dict[str, str]:
+        _known_subjects(list(identifiers))
+        for subject, word in identifiers.items():
+            try:
+                check_identifier(word)
+            except ValueError as err:
+                raise ValueError(f"{subject}: {err}") from None
+        shared = sorted({w for w in identifiers.values() if list(identifiers.values()).count(w) > 1})
+        if shared:
+            raise ValueError(f"{shared} name(s) several subjects: each subject needs its own identifier")
+        return identifiers
 
 
 class PriorsParams(Section):
@@ -245,6 +266,110 @@ class AblationParams(Section):
         return _distinct(values)
 
 
+class FusionParams(Section):
+    """Mix-of-Show's gradient fusion: min_W sum_i ||W X_i - W_i X_i||^2 per layer (multi/fusion.py)."""
+
+    solver: Literal[FUSION_SOLVERS] = Field(
+        "closed_form", description="closed_form (exact, from streamed Gram matrices) or lbfgs (Mix-of-Show's)")
+    lbfgs_text_iters: PositiveInt = Field(500, description="lbfgs: iterations for text encoder and K/V layers")
+    lbfgs_unet_iters: PositiveInt = Field(50, description="lbfgs: iterations for the other UNet layers")
+
+
+class MergeParams(Section):
+    """Which merges of each method's two single-concept models (multi/merge.py), as '<method>_<how>'. Every key
+    is required, [] for none: dvc.yaml's templates read each."""
+
+    lora: list[Literal[MERGES["lora"]]] = Field(
+        description="sum: both adapters at weight 1; average: at 1/2 (exact, peft's cat)")
+    custom_diffusion: list[Literal[MERGES["custom_diffusion"]]] = Field(
+        description="merge: Custom Diffusion's constrained closed-form K/V merge")
+    textual_inversion: list[Literal[MERGES["textual_inversion"]]] = Field(
+        description="compose: both learned tokens side by side")
+
+    @property
+    def variants(self) -> list[str]:
+        return [f"{method}_{how}" for method in MERGES for how in getattr(self, method)]
+
+
+class Pair(Section):
+    """Two subjects composed in one image; a list of these rather than of "dog+cat" strings because DVC's
+    templates can name each subject's folders only so. DVC names a pair's stages by its place in the list
+    (train_multi@pair0-lora_joint): add pairs at the end."""
+
+    first: str = Field(description="the live subject, when there is one")
+    second: str = Field(description="the other subject")
+
+    @property
+    def subjects(self) -> list[str]:
+        return [self.first, self.second]
+
+    @property
+    def key(self) -> str:
+        """The pair's run key, its folder name: "dog+bear_plushie"."""
+        return pair_key(self.subjects)
+
+
+class MultiParams(Section):
+    pairs: list[Pair] = Field(description="pairs of DreamBench subjects composed in one image, each of "
+                                          "data.subjects, the live one first (DAG shape; [] = none)")
+    joint: list[Literal[METHODS]] = Field(
+        description="methods trained on both subjects at once, as '<method>_joint' (DAG shape): the method's "
+                    "settings, both subjects' original images and class images")
+    merges: MergeParams = Field(description="merges of the main study's single-concept models (DAG shape)")
+    regional: list[Literal[MULTI_VARIANTS]] = Field(
+        description="variants also sampled with regions (Mix-of-Show's regionally controllable "
+                                          "sampling): the pair's first subject in regions[0], second in [1]")
+    regions: list[list[float]] = Field(
+        default_factory=lambda: [[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]],
+        description="two boxes (x0, y0, x1, y1), fractions of the image; default: left and right halves")
+    prompts_per_pair: Annotated[int, Field(ge=1, le=12)] = Field(12, description="first N composition prompts")
+    images_per_prompt: PositiveInt = Field(8, description="images per prompt, seeds shared by every variant")
+    fusion: FusionParams = Field(default_factory=FusionParams, description="Mix-of-Show's gradient fusion")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_of_two_subjects(cls, pairs: list[Pair]) -> list[Pair]:
+        for i, pair in enumerate(pairs):
+            if pair.first == pair.second:
+                raise ValueError(f"pairs[{i}] {pair.key!r}: a pair is two different subjects")
+            try:
+                _known_subjects(pair.subjects)
+                pair_kind(*pair.subjects)  # picks the pair's prompts
+            except ValueError as err:
+                raise ValueError(f"pairs[{i}] {pair.key!r}: {err}") from None
+        if len({frozenset(pair.subjects) for pair in pairs}) != len(pairs):
+            raise ValueError("a pair is listed twice")
+        return pairs
+
+    @field_validator("joint", "regional")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        return _distinct(values) if values else values
+
+    @property
+    def variants(self) -> list[str]:
+        return [*(f"{method}_joint" for method in self.joint), *self.merges.variants]
+
+    @field_validator("regions")
+    @classmethod
+    def _two_boxes(cls, regions: list[list[float]]) -> list[list[float]]:
+        if len(regions) != 2:
+            raise ValueError(f"needs two boxes, one per subject of a pair, got {len(regions)}")
+        for i, box in enumerate(regions):
+            try:
+                check_box(box)
+            except ValueError as err:
+                raise ValueError(f"regions[{i}] {err}") from None
+        return regions
+
+    @model_validator(mode="after")
+    def _regional_variants_are_variants(self) -> MultiParams:
+        stray = [v for v in self.regional if v not in self.variants]
+        if stray:
+            raise ValueError(f"regional {stray}: not in joint or merges {self.variants}")
+        return self
+
+
 class EvalParams(Section):
     pretrained_encoders: bool = Field(True, description="real CLIP/DINO weights; false = random init, labelled")
     batch_size: PositiveInt = Field(32, description="images per encoder call")
@@ -266,6 +391,31 @@ class Params(Section):
     sample: SampleParams
     eval: EvalParams
     ablation: AblationParams
+    multi: MultiParams
+
+    @model_validator(mode="after")
+    def _identifiers_exist(self) -> "Params":
+        pairs = [subject for pair in self.multi.pairs for subject in pair.subjects]
+        missing = sorted({*self.data.subjects, *self.ablation.subjects, *pairs} - set(self.train.identifiers))
+        if missing:
+            raise ValueError(f"train.identifiers has no identifier for {missing}")
+        return self
+
+    @model_validator(mode="after")
+    def _multi_builds_on_the_main_study(self) -> "Params":
+        methods = {v: {**JOINT_METHOD, **MERGED_FROM}[v] for v in self.multi.variants}
+        absent = [f"train.methods lacks {m!r} (for multi variant {v!r})" for v, m in methods.items()
+                  if m not in self.train.methods]
+        if BASELINE not in self.aug.strategies:
+            absent.append(f"aug.strategies lacks {BASELINE!r}")
+        subjects = sorted({s for pair in self.multi.pairs for s in pair.subjects} - set(self.data.subjects))
+        if subjects:
+            absent.append(f"data.subjects lacks {subjects}")
+        if absent:
+            raise ValueError("the multi-concept study trains on the main study's training sets of the original "
+                             f"images and merges its models: {'; '.join(absent)} (or set multi.pairs: [], "
+                             "no multi-concept stage)")
+        return self
 
     @model_validator(mode="after")
     def _priors_exist(self) -> "Params":

@@ -5,7 +5,7 @@ that module and the shared ones (dreamstudy.dag).
 A strategy maps a subject's original images to augmentations of each, deterministically from
 `Context.seed`, and must give back the originals unchanged at strength 0 (each module's docstring
 says what strength means for it). It declares the params.yaml keys it reads besides aug.strength and
-train.identifier: the stage fills only those fields of its Context (the others stay None).
+its subject's identifier: the stage fills only those fields of its Context (the others stay None).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def get_strategy(name: str) -> Strategy:
 
 
 def strategy_reads(name: str, params) -> list[str]:
-    """The params.yaml keys strategy `name` reads (besides aug.strength and train.identifier)."""
+    """The params.yaml keys strategy `name` reads (besides aug.strength and its subject's identifier)."""
     get_strategy(name)
     reads = STRATEGIES[name][1]
     return list(reads(params) if callable(reads) else reads)

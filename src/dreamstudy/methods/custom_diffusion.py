@@ -1,7 +1,7 @@
 """Custom Diffusion (Kumari et al., CVPR 2023): the UNet's cross-attention key and value projections
-(attn2.to_k, attn2.to_v) train together with a new token's embedding, initialised and kept as in
-Textual Inversion. As diffusers' examples/custom_diffusion/train_custom_diffusion.py with
-`--freeze_model crossattn_kv`.
+(attn2.to_k, attn2.to_v) train together with a new token's embedding (one per concept where concepts train
+jointly), initialised and kept as in Textual Inversion. As diffusers'
+examples/custom_diffusion/train_custom_diffusion.py with `--freeze_model crossattn_kv`.
 
 Training uses diffusers' CustomDiffusionAttnProcessor2_0 on each cross-attention layer: a trainable
 copy of to_k/to_v, with the first (start-of-text) position's keys and values detached, as in the
@@ -13,7 +13,8 @@ default processor computes with the trained weights in to_k/to_v, so those weigh
 UNet's own parameter names, full weights as in the paper's code:
 
     custom_diffusion_kv.safetensors  {"<attention layer>.to_k.weight": [inner, cross], ".to_v.weight": ...}
-    learned_embeds.safetensors       {"<token>": [1, D]}  (Textual Inversion's file)
+    learned_embeds.safetensors       {"<token>": [1, D]}  (Textual Inversion's file; for concepts trained
+                                                          jointly one a token, learned_embeds_<i>.safetensors)
 
 `load_into` applies both to any stock pipeline (`unet.load_state_dict(..., strict=False)`,
 `load_textual_inversion`), whatever its attention backend.
@@ -21,6 +22,7 @@ UNet's own parameter names, full weights as in the paper's code:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -62,8 +64,8 @@ def trained_kv(unet) -> dict[str, torch.Tensor]:
 
 
 class CustomDiffusion(NewToken):
-    def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
-        embedding = super().prepare(parts, token, class_name)
+    def prepare(self, parts, tokens: Sequence[str], class_names: Sequence[str]) -> list[torch.nn.Parameter]:
+        embedding = super().prepare(parts, tokens, class_names)
         parts.unet.set_attn_processor(kv_processors(parts.unet))
         return [p for p in parts.unet.parameters() if p.requires_grad] + embedding
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class DreamBooth:
     def check(self, tokenizer, token: str) -> None:
         pass  # any word will do: the identifier trains through the fine-tuned UNet (and text encoder)
 
-    def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
+    def prepare(self, parts, tokens: Sequence[str], class_names: Sequence[str]) -> list[torch.nn.Parameter]:
         models = [parts.unet, parts.text_encoder] if self.trains_text_encoder else [parts.unet]
         for model in models:
             model.requires_grad_(True)

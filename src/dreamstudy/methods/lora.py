@@ -5,6 +5,7 @@ the layout that `StableDiffusionPipeline.load_lora_weights` reads."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class Lora:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian",
                           target_modules=list(targets))
 
-    def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
+    def prepare(self, parts, tokens: Sequence[str], class_names: Sequence[str]) -> list[torch.nn.Parameter]:
         parts.unet.add_adapter(self.config(UNET_TARGETS))
         if self.trains_text_encoder:
             parts.text_encoder.add_adapter(self.config(TEXT_ENCODER_TARGETS))

@@ -7,7 +7,7 @@ shared ones (dreamstudy.dag)."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,8 +40,10 @@ class Method(Protocol):
     def check(self, tokenizer, token: str) -> None:
         """Refuse, from the tokenizer alone (before any model loads), a token this method cannot train."""
 
-    def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
-        """Adapt `parts` (models.loading.Components) in place; return the parameters to train.
+    def prepare(self, parts, tokens: Sequence[str], class_names: Sequence[str]) -> list[torch.nn.Parameter]:
+        """Adapt `parts` (models.loading.Components) in place for the concepts whose words are `tokens`, of
+        the classes `class_names` (one per concept, jointly trained where there are several); return the
+        parameters to train.
 
         Called after every model is frozen; a method unfreezes or adds what it trains."""
 

@@ -1,15 +1,19 @@
-"""A new placeholder token ("<sks>") with one trainable embedding row, as in diffusers'
-textual_inversion.py; Textual Inversion and Custom Diffusion both use it.
+"""New placeholder tokens ("<sks>"), one per concept, each with one trainable embedding row, as in diffusers'
+textual_inversion.py (and train_custom_diffusion.py's `--modifier_token "<new1>+<new2>"` for several);
+Textual Inversion and Custom Diffusion both use them.
 
 The whole input-embedding matrix is the trainable parameter (that is what the text encoder looks up);
 a gradient mask keeps the other rows out of gradient clipping, and `restore` puts them back after each
-optimizer step (AdamW's weight decay moves every row, gradient or not). The row is saved as
-{token: tensor[1, D]} in learned_embeds.safetensors, the file `load_textual_inversion` reads.
+optimizer step (AdamW's weight decay moves every row, gradient or not). A row is saved as
+{token: tensor[1, D]} in learned_embeds.safetensors, the file `load_textual_inversion` reads; several
+tokens (concepts trained jointly) in one such file each, learned_embeds_<i>.safetensors, as
+dreamstudy.multi.merge numbers them: `load_textual_inversion` reads one token a file.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,17 +34,17 @@ def ids(tokenizer, text: str) -> list[int]:
 
 
 def add_token(tokenizer, token: str) -> int:
-    """Add `token` to `tokenizer` and return its id; ValueError (naming train.identifier) if it is an
+    """Add `token` to `tokenizer` and return its id; ValueError (naming train.identifiers) if it is an
     existing token or word, or if the tokenizer would not read it back as that one id."""
     if token in tokenizer.get_vocab() or len(ids(tokenizer, token)) == 1:
-        raise ValueError(f"placeholder token {token!r} (from train.identifier) is already in the tokenizer's "
-                         "vocabulary; choose another train.identifier")
+        raise ValueError(f"placeholder token {token!r} (from train.identifiers) is already in the tokenizer's "
+                         "vocabulary; choose another identifier")
     expected = ids(tokenizer, CONTEXT)
     tokenizer.add_tokens(token)
     token_id = tokenizer.convert_tokens_to_ids(token)
     if ids(tokenizer, f"{CONTEXT} {token}") != [*expected, token_id]:
-        raise ValueError(f"placeholder token {token!r} (from train.identifier) does not stay one token "
-                         "when added to the tokenizer; choose another train.identifier")
+        raise ValueError(f"placeholder token {token!r} (from train.identifiers) does not stay one token "
+                         "when added to the tokenizer; choose another identifier")
     return token_id
 
 
@@ -57,32 +61,39 @@ def class_embedding(tokenizer, embeddings: torch.Tensor, class_name: str) -> tor
     return embeddings[class_ids].mean(dim=0)
 
 
-@dataclass
-class LearnedToken:
-    """The placeholder's row of the text encoder's input embeddings, and a copy of the matrix to restore."""
+def embeds_files(count: int) -> list[str]:
+    """The file names of `count` saved tokens: textual_inversion.py's for one, numbered for several."""
+    return [EMBEDS] if count == 1 else [f"learned_embeds_{i}.safetensors" for i in range(count)]
 
-    token: str
-    id: int
+
+@dataclass
+class LearnedTokens:
+    """The placeholders' rows of the text encoder's input embeddings, and a copy of the matrix to restore."""
+
+    tokens: list[str]
+    ids: list[int]
     original: torch.Tensor
 
     @classmethod
-    def add(cls, parts, token: str, class_name: str) -> "LearnedToken":
-        """Add `token` to parts.tokenizer and parts.text_encoder, its row set to the class noun's embedding."""
-        token_id = add_token(parts.tokenizer, token)
-        # mean_resizing would fit a Gaussian to the whole matrix for a row that is overwritten next.
+    def add(cls, parts, tokens: Sequence[str], class_names: Sequence[str]) -> "LearnedTokens":
+        """Add `tokens` to parts.tokenizer and parts.text_encoder, each one's row set to its class noun's
+        embedding."""
+        token_ids = [add_token(parts.tokenizer, token) for token in tokens]
+        # mean_resizing would fit a Gaussian to the whole matrix for rows that are overwritten next.
         parts.text_encoder.resize_token_embeddings(len(parts.tokenizer), mean_resizing=False)
         weight = parts.text_encoder.get_input_embeddings().weight
         with torch.no_grad():
-            weight[token_id] = class_embedding(parts.tokenizer, weight, class_name)
+            for token_id, class_name in zip(token_ids, class_names, strict=True):
+                weight[token_id] = class_embedding(parts.tokenizer, weight, class_name)
         weight.requires_grad_(True)
-        learned = cls(token, token_id, weight.detach().clone())
+        learned = cls(list(tokens), token_ids, weight.detach().clone())
         weight.register_hook(learned.mask_gradient)
         return learned
 
     def mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient of this row only, so that clipping sees nothing else."""
+        """The gradient of the placeholders' rows only, so that clipping sees nothing else."""
         mask = torch.zeros(len(grad), 1, device=grad.device, dtype=grad.dtype)
-        mask[self.id] = 1
+        mask[self.ids] = 1
         return grad * mask
 
     @staticmethod
@@ -90,33 +101,38 @@ class LearnedToken:
         return parts.text_encoder.get_input_embeddings().weight
 
     def restore(self, parts) -> None:
-        """Every row but the placeholder's back to its value before training."""
+        """Every row but the placeholders' back to its value before training."""
         weight = self.weight(parts)
         self.original = self.original.to(weight.device)  # once: the trainer moves the model after `add`
         with torch.no_grad():
-            row = weight[self.id].clone()
+            rows = weight[self.ids].clone()
             weight.copy_(self.original)
-            weight[self.id] = row
+            weight[self.ids] = rows
 
     def save(self, parts, folder: Path) -> None:
-        row = self.weight(parts)[self.id : self.id + 1].detach().cpu().contiguous()
-        save_file({self.token: row}, Path(folder) / EMBEDS, metadata={"format": "pt"})
+        weight = self.weight(parts)
+        for name, token, token_id in zip(embeds_files(len(self.ids)), self.tokens, self.ids, strict=True):
+            row = weight[token_id : token_id + 1].detach().cpu().contiguous()
+            save_file({token: row}, Path(folder) / name, metadata={"format": "pt"})
 
 
 def load_token(pipe, folder: Path) -> None:
-    """Add the saved placeholder (the file's one key) to a stock pipeline."""
-    pipe.load_textual_inversion(str(folder), weight_name=EMBEDS)
+    """Add the saved placeholders (each file's one key) to a stock pipeline."""
+    if (Path(folder) / EMBEDS).is_file():
+        pipe.load_textual_inversion(str(folder), weight_name=EMBEDS)
+    else:  # concepts trained jointly
+        pipe.load_textual_inversion(sorted(str(path) for path in Path(folder).glob("learned_embeds_*.safetensors")))
 
 
 class NewToken:
-    """A method whose trainable part includes the placeholder's embedding row (Textual Inversion, and
-    Custom Diffusion beside its K/V weights)."""
+    """A method whose trainable part includes the placeholders' embedding rows, one per concept (Textual
+    Inversion, and Custom Diffusion beside its K/V weights)."""
 
-    # The embedding row trains, so captions go through the text encoder every step.
+    # The embedding rows train, so captions go through the text encoder every step.
     trains_text_encoder = True
 
     def __init__(self) -> None:
-        self.learned: LearnedToken | None = None  # set by prepare
+        self.learned: LearnedTokens | None = None  # set by prepare
 
     def token(self, identifier: str) -> str:
         return placeholder(identifier)
@@ -124,9 +140,9 @@ class NewToken:
     def check(self, tokenizer, token: str) -> None:
         check_token(tokenizer, token)
 
-    def prepare(self, parts, token: str, class_name: str) -> list[torch.nn.Parameter]:
-        self.learned = LearnedToken.add(parts, token, class_name)
-        return [LearnedToken.weight(parts)]
+    def prepare(self, parts, tokens: Sequence[str], class_names: Sequence[str]) -> list[torch.nn.Parameter]:
+        self.learned = LearnedTokens.add(parts, tokens, class_names)
+        return [LearnedTokens.weight(parts)]
 
     def after_step(self, parts) -> None:
         self.learned.restore(parts)

@@ -6,6 +6,9 @@
 - Mixed precision as diffusers' scripts: frozen weights are cast to the autocast dtype (fp16/bf16), the
   trained ones stay float32; a text encoder with any trained weight stays float32 whole.
 - Prior preservation: class images join the batch, and their loss is added with `prior.weight`.
+- Several concepts train jointly (Custom Diffusion's multi-concept fine-tuning, applied to every method): each
+  step draws `batch_size` examples of each concept (and of each concept's class images), all through one
+  UNet call; each concept's loss is its own prior-preservation loss, and the step's loss their mean.
 - Resume: every random draw of step s comes from a generator seeded with (seed, s), so a checkpoint
   needs only the trainable weights, the optimizer and LR-scheduler states and the step to continue
   bit-identically on CPU.
@@ -15,10 +18,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +60,17 @@ class Prior:
 
     examples: Examples
     weight: float
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One subject to learn: its examples, the word that names it in their captions (the method's token for
+    it replaces that word), its class noun and, for prior preservation, its own class images."""
+
+    examples: Examples
+    identifier: str
+    class_name: str
+    prior: Prior | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,72 @@ def step_noise(latents: torch.Tensor, scheduler, generator: torch.Generator) -> 
     return noise, timesteps
 
 
+class ConceptBatch(NamedTuple):
+    """One concept's examples of a step: latents, caption embeddings and loss masks of its instances, then of
+    its class images."""
+
+    latents: torch.Tensor
+    text: torch.Tensor
+    mask: torch.Tensor
+    n_instances: int
+
+
+class ConceptSet:
+    """One concept's instance examples (captions in the method's token) and class images, encoded as needed."""
+
+    def __init__(self, parts, concept: Concept, token: str, number: int, resolution: int, encode_text_once: bool):
+        self.instances = EncodedSet(parts, concept.examples.with_token(concept.identifier, token), resolution,
+                                    encode_text_once)
+        prior = concept.prior
+        self.classes = EncodedSet(parts, prior.examples, resolution, encode_text_once) if prior else None
+        self.prior_weight = prior.weight if prior else 0.0
+        # Concept 0 draws under a single-concept run's names, so that a run of one concept draws (and learns)
+        # exactly what it did before joint training existed; the others under names of their own.
+        self.suffix = "" if number == 0 else f"/{number}"
+
+    def batch(self, parts, batch_size: int, step: int, seed: int, generator: torch.Generator) -> ConceptBatch:
+        """The examples of `step`: the instances, then the class images."""
+        index = batch_indices(len(self.instances), batch_size, step, seed, "instances" + self.suffix)
+        latents, text, mask = self.instances.batch(parts, index, generator)
+        if self.classes is not None:
+            class_index = batch_indices(len(self.classes), batch_size, step, seed, "classes" + self.suffix)
+            latents, text, mask = (torch.cat(pair) for pair in
+                                   zip((latents, text, mask), self.classes.batch(parts, class_index, generator)))
+        return ConceptBatch(latents, text, mask, len(index))
+
+
+def joint_loss(concept_sets: list[ConceptSet], batches: list[ConceptBatch], per_example: torch.Tensor) -> torch.Tensor:
+    """The mean of the concepts' losses, each with its own prior term (`per_example`: the losses of the
+    concepts' batches, one after the other).
+
+    Every concept weighs the same whatever its number of images, as each step draws the same number of each.
+    Custom Diffusion's train_custom_diffusion.py instead pools the concepts' instance images (each with its
+    own caption) and their class images, and takes one instance mean + weight x one class mean over a batch
+    that may hold any mix of concepts. For one concept this is its prior-preservation loss, bit for bit."""
+    chunks = per_example.split([len(batch.latents) for batch in batches])
+    return torch.stack([prior_preservation_loss(chunk, batch.n_instances, concept_set.prior_weight)
+                        for concept_set, batch, chunk in zip(concept_sets, batches, chunks, strict=True)]).mean()
+
+
+def concept_tokens(method: Method, tokenizer, concepts: Sequence[Concept]) -> list[str]:
+    """Each concept's token; ValueError naming the identifier of one that cannot train (shared, or a token
+    the method refuses: e.g. Textual Inversion's new token already in the vocabulary)."""
+    if not concepts:
+        raise ValueError("no concept to train")
+    identifiers = [concept.identifier for concept in concepts]
+    for i, identifier in enumerate(identifiers):
+        if identifier in identifiers[:i]:
+            raise ValueError(f"concepts {identifiers.index(identifier)} and {i} have the same identifier "
+                             f"{identifier!r}: each concept trained jointly needs its own")
+    tokens = [method.token(identifier) for identifier in identifiers]
+    for identifier, token in zip(identifiers, tokens, strict=True):
+        try:
+            method.check(tokenizer, token)
+        except ValueError as err:
+            raise ValueError(f"concept with identifier {identifier!r}: {err}") from err
+    return tokens
+
+
 def make_accelerator(mixed_precision: str) -> Accelerator:
     # accelerate keeps one state per process and refuses a second precision in it (a notebook or a test
     # that trains twice), while ours is a per-run setting: that state is cleared first. The process's
@@ -264,18 +345,18 @@ def enable_gradient_checkpointing(parts, text_encoder: bool) -> None:
         parts.text_encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def train(method: Method, schedule: Schedule, parts, examples: Examples, *, identifier: str, class_name: str,
-          resolution: int, seed: int, prior: Prior | None = None, optimization: Optimization = Optimization(),
-          hardware: Hardware = Hardware(), checkpointing: Checkpointing | None = None,
-          log: Callable[[int, float], None] | None = None) -> None:
-    """Train `method` on `examples`; `parts` (models.loading.Components) are changed in place."""
+def train(method: Method, schedule: Schedule, parts, concepts: Sequence[Concept], *, resolution: int, seed: int,
+          optimization: Optimization = Optimization(), hardware: Hardware = Hardware(),
+          checkpointing: Checkpointing | None = None, log: Callable[[int, float], None] | None = None) -> None:
+    """Train `method` on `concepts` (one, or several jointly); `parts` (models.loading.Components) are changed
+    in place."""
+    tokens = concept_tokens(method, parts.tokenizer, concepts)
     accelerator = make_accelerator(hardware.mixed_precision)
     models = (parts.unet, parts.vae, parts.text_encoder)
     for model in models:
         model.requires_grad_(False)
-    token = method.token(identifier)
     torch.manual_seed(derive_seed(seed, "init"))  # adapter initialisation
-    trainable = method.prepare(parts, token, class_name)
+    trainable = method.prepare(parts, tokens, [concept.class_name for concept in concepts])
     # cast where the parts were loaded, then moved: the GPU never holds a float32 copy of a frozen weight
     cast_frozen(parts, trainable, hardware.dtype)
     for model in models:
@@ -284,8 +365,8 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
         enable_gradient_checkpointing(parts, method.trains_text_encoder)
 
     frozen_text = not method.trains_text_encoder
-    instances = EncodedSet(parts, examples.with_token(identifier, token), resolution, frozen_text)
-    classes = EncodedSet(parts, prior.examples, resolution, frozen_text) if prior else None
+    concept_sets = [ConceptSet(parts, concept, token, number, resolution, frozen_text)
+                    for number, (concept, token) in enumerate(zip(concepts, tokens, strict=True))]
 
     optimizer = make_optimizer(trainable, schedule.lr, optimization.weight_decay, hardware.use_8bit_adam)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
@@ -302,15 +383,16 @@ def train(method: Method, schedule: Schedule, parts, examples: Examples, *, iden
     for step in tqdm(range(start, schedule.steps), desc="train", unit="step", initial=start, total=schedule.steps):
         generator = torch.Generator().manual_seed(derive_seed(seed, "step", step))
         with accelerator.autocast():
-            index = batch_indices(len(instances), schedule.batch_size, step, seed, "instances")
-            latents, text, mask = instances.batch(parts, index, generator)
-            if classes is not None:
-                class_index = batch_indices(len(classes), schedule.batch_size, step, seed, "classes")
-                latents, text, mask = (torch.cat(pair) for pair in
-                                       zip((latents, text, mask), classes.batch(parts, class_index, generator)))
+            # concept after concept from the one generator, then the noise: one concept draws as it always has;
+            # all concepts' examples go through one UNet call
+            batches = [concept_set.batch(parts, schedule.batch_size, step, seed, generator)
+                       for concept_set in concept_sets]
+            latents = torch.cat([batch.latents for batch in batches])
+            text = torch.cat([batch.text for batch in batches])
+            mask = torch.cat([batch.mask for batch in batches])
             noise, timesteps = step_noise(latents, parts.noise_scheduler, generator)
             per_example = diffusion_loss(parts, latents, text, noise, timesteps, reduce=False, mask=mask)
-            loss = prior_preservation_loss(per_example, len(index), prior.weight if prior else 0.0)
+            loss = joint_loss(concept_sets, batches, per_example)
         accelerator.backward(loss)
         if optimization.max_grad_norm is not None:
             accelerator.clip_grad_norm_(trainable, optimization.max_grad_norm)

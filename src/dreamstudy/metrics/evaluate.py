@@ -15,9 +15,16 @@ from dreamstudy.metrics.cache import EmbeddingCache
 from dreamstudy.metrics.diversity import mean_pairwise_lpips
 from dreamstudy.metrics.encoders import Encoders
 from dreamstudy.metrics.images import open_images
+from dreamstudy.metrics.registry import CLIP_I, CLIP_T, DINO, DIV, MEM_CLIP_I, MEM_DINO
 from dreamstudy.metrics.similarity import mean_self_cosine, nearest_cosine, pairwise_cosine, remove_identifier
-from dreamstudy.metrics.tables import (DIV_COLUMNS, IMAGE_COLUMNS, IMAGE_SCORE_COLUMNS, PROMPT_KEYS, REAL_IMAGE_COLUMNS,
-                                       require_keys)
+from dreamstudy.metrics.tables import (
+    DIV_COLUMNS,
+    IMAGE_COLUMNS,
+    IMAGE_SCORE_COLUMNS,
+    PROMPT_KEYS,
+    REAL_IMAGE_COLUMNS,
+    require_keys,
+)
 
 SAMPLE_KEYS = ("subject", "class", "method", "strategy", "prompt_index", "prompt_kind", "prompt",
                "identifier", "image_index", "seed", "file")
@@ -60,11 +67,11 @@ def evaluate_samples(samples: list[dict], references: Mapping[str, list[Path]], 
             dino = encoders.embed_images_dino(images, batch_size)
             prompts = torch.stack([text_embedding[clip_t_text(row)] for row in batch])
             scores = {
-                "dino": pairwise_cosine(dino, reference_dino).mean(dim=1),
-                "clip_i": pairwise_cosine(clip, reference_clip).mean(dim=1),
-                "clip_t": (clip * prompts).sum(dim=1),  # raw cosine, not CLIPScore's 2.5x
-                "mem_dino": nearest_cosine(dino, reference_dino),
-                "mem_clip_i": nearest_cosine(clip, reference_clip),
+                DINO.name: pairwise_cosine(dino, reference_dino).mean(dim=1),
+                CLIP_I.name: pairwise_cosine(clip, reference_clip).mean(dim=1),
+                CLIP_T.name: (clip * prompts).sum(dim=1),  # raw cosine, not CLIPScore's 2.5x
+                MEM_DINO.name: nearest_cosine(dino, reference_dino),
+                MEM_CLIP_I.name: nearest_cosine(clip, reference_clip),
             }
             for position, row in enumerate(batch):
                 values = {name: column[position].item() for name, column in scores.items()}
@@ -78,7 +85,7 @@ def prompt_diversity(samples: list[dict], encoders: Encoders) -> pd.DataFrame:
     for keys, rows in sorted(_by(samples, *PROMPT_KEYS).items()):
         paths = [row["path"] for row in rows]
         records.append({**dict(zip(PROMPT_KEYS, keys)),
-                        "div": mean_pairwise_lpips(encoders.lpips, open_images(paths), where=paths)})
+                        DIV.name: mean_pairwise_lpips(encoders.lpips, open_images(paths), where=paths)})
     return pd.DataFrame.from_records(records, columns=list(DIV_COLUMNS))
 
 
@@ -88,8 +95,8 @@ def real_images(subjects: Iterable[str], references: Mapping[str, list[Path]], c
     rows = []
     for subject in sorted(set(subjects)):
         rows.append({"subject": subject, "class": SUBJECTS[subject], "live": is_live(subject),
-                     **{score: mean_self_cosine(cache.images(which, references[subject]))
-                        for score, which in (("dino", "dino"), ("clip_i", "clip"))},
+                     **{score.name: mean_self_cosine(cache.images(which, references[subject]))
+                        for score, which in ((DINO, "dino"), (CLIP_I, "clip"))},
                      "n_images": len(references[subject])})
     return pd.DataFrame.from_records(rows, columns=list(REAL_IMAGE_COLUMNS))
 

@@ -18,8 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from dreamstudy.io import atomic_dir, write_json
-from dreamstudy.metrics.tables import (DIV_COLUMNS, IMAGE_SCORE_COLUMNS, PRES_COLUMNS, REAL_IMAGE_COLUMNS, SUBJECT_KEYS,
-                                       read_table)
+from dreamstudy.metrics.tables import (
+    DIV_COLUMNS,
+    IMAGE_SCORE_COLUMNS,
+    PRES_COLUMNS,
+    REAL_IMAGE_COLUMNS,
+    SUBJECT_KEYS,
+    read_table,
+)
 
 Run = tuple[str, str, str]  # (method, strategy folder, subject)
 COLUMNS = {"per_image": IMAGE_SCORE_COLUMNS, "div": DIV_COLUMNS, "pres": PRES_COLUMNS,

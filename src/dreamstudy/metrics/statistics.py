@@ -17,10 +17,12 @@ import pandas as pd
 from scipy import stats
 
 from dreamstudy.layout import BASELINE
+from dreamstudy.metrics.registry import METRICS
 from dreamstudy.seeding import derive_seed
 
-PROMPT_METRICS = ("dino", "clip_i", "clip_t", "div", "memorized")  # vary by prompt
-SUBJECT_METRICS = ("pres",)  # one value per subject
+# the metrics with an interval and a test: those that vary by prompt, and those of one value per subject
+PROMPT_METRICS = tuple(m.name for m in METRICS if m.interval and m.level != "subject")
+SUBJECT_METRICS = tuple(m.name for m in METRICS if m.interval and m.level == "subject")
 # confidence and alpha: the settings that made the interval and `significant`, for the report to state
 STATS_COLUMNS = ("method", "strategy", "metric", "mean", "ci_low", "ci_high", "confidence", "n_subjects")
 TESTS_COLUMNS = ("method", "strategy", "baseline", "metric", "mean_diff", "p_value", "test", "n_subjects",

@@ -13,12 +13,13 @@ import pandas as pd
 
 from dreamstudy.io import atomic_dir, write_json
 from dreamstudy.layout import BASELINE, Layout, parse_strategy_label, strategy_label
+from dreamstudy.metrics.registry import METRICS
 from dreamstudy.metrics.scores import ENCODERS, Run, RunScores, read_scores
 from dreamstudy.metrics.statistics import bootstrap_table, wilcoxon_table
-from dreamstudy.metrics.tables import aggregate, breakdown, with_memorized
+from dreamstudy.metrics.tables import REAL_IMAGE_SCORES, aggregate, breakdown, with_memorized
 
 TABLES = ("per_image", "per_prompt", "per_subject", "real_images", "breakdown", "stats", "tests")
-HEADLINE = ("dino", "clip_t")  # headline.json: what `dvc exp show` lists per method and strategy
+HEADLINE = tuple(m.name for m in METRICS if m.headline)  # headline.json: `dvc exp show`'s columns
 
 
 @dataclass
@@ -86,12 +87,12 @@ def gather(scores: list[RunScores], *, seed: int, memorization_threshold: float,
                         stats=bootstrap_table(per_prompt, per_subject, seed, bootstrap_samples, confidence),
                         tests=wilcoxon_table(per_subject, alpha),
                         summary={**summary, "real_images": {score: float(real[score].mean())
-                                                            for score in ("dino", "clip_i")}},
+                                                            for score in REAL_IMAGE_SCORES}},
                         headline=headline(summary, study), encoders=scores[0].encoders)
 
 
 def headline(summary: dict, study: str = "main") -> dict:
-    """{method: {strategy: {"dino", "clip_t"}}} to 3 decimals, from aggregate's run summary: few and narrow
+    """{method: {strategy: {HEADLINE's metrics}}} to 3 decimals, from aggregate's run summary: few and narrow
     enough for `dvc exp show` (summary.json has every score). The ablation's one method is named `ablation`,
     so that `dvc exp show` tells its columns from the main study's without file names."""
     return {study if study != "main" else method: {strategy: {score: round(scores[score], 3) for score in HEADLINE}

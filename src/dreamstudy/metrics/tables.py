@@ -8,24 +8,30 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import pandas as pd
 
-SCORES = ("dino", "clip_i", "clip_t")
-NEAREST = ("mem_dino", "mem_clip_i")  # cosine to the closest training photo
+from dreamstudy.metrics.registry import LEVELS, MEM_DINO, MEMORIZED, METRICS
+
+BY_LEVEL = {level: tuple(m.name for m in METRICS if m.level == level) for level in LEVELS}  # averaged from there up
+SCORES = tuple(m.name for m in METRICS if m.table == "main")  # DreamBench's DINO, CLIP-I, CLIP-T
+REPORTED = tuple(m for m in METRICS if m.table)  # in the report's tables, per_subject.csv and the run summary
+BREAKDOWN_METRICS = tuple(m.name for m in REPORTED if m.level == "image")
+REAL_IMAGE_SCORES = tuple(m.name for m in METRICS if m.real_images)
 IMAGE_COLUMNS = ("subject", "class", "method", "strategy", "prompt_index", "prompt_kind", "prompt",
                  "image_index", "seed", "file")
-IMAGE_SCORE_COLUMNS = IMAGE_COLUMNS + SCORES + ("live",) + NEAREST  # a run's per-image scores (evaluate)
-PER_IMAGE_COLUMNS = IMAGE_SCORE_COLUMNS + ("memorized",)  # the study's per_image.csv (gather)
-IMAGE_MEANS = SCORES + NEAREST + ("memorized",)  # averaged per prompt, subject, run ("memorized" becomes a share)
-BREAKDOWN_METRICS = SCORES + ("memorized",)
+# a run's per-image scores (evaluate): DreamBench's, `live`, then the others but `memorized` (the gather's)
+IMAGE_SCORE_COLUMNS = IMAGE_COLUMNS + SCORES + ("live",) + tuple(
+    name for name in BY_LEVEL["image"] if name not in (*SCORES, MEMORIZED.name))
+PER_IMAGE_COLUMNS = IMAGE_SCORE_COLUMNS + (MEMORIZED.name,)  # the study's per_image.csv (gather)
 BREAKDOWN_COLUMNS = ("method", "strategy", "by", "group", "metric", "value")
 RUN_KEYS = ["method", "strategy"]
 SUBJECT_KEYS = RUN_KEYS + ["subject"]
 PROMPT_KEYS = SUBJECT_KEYS + ["prompt_index"]
-DIV_COLUMNS = (*PROMPT_KEYS, "div")
-PRES_COLUMNS = (*SUBJECT_KEYS, "pres", "pres_base", "n_pres")
-REAL_IMAGE_COLUMNS = ("subject", "class", "live", "dino", "clip_i", "n_images")
+DIV_COLUMNS = (*PROMPT_KEYS, *BY_LEVEL["prompt"])
+PRES_COLUMNS = (*SUBJECT_KEYS, *BY_LEVEL["subject"], "n_pres")
+REAL_IMAGE_COLUMNS = ("subject", "class", "live", *REAL_IMAGE_SCORES, "n_images")
 
 
 def require_keys(row: Mapping | Iterable[str], keys: Iterable[str], where: str) -> None:
@@ -37,38 +43,35 @@ def require_keys(row: Mapping | Iterable[str], keys: Iterable[str], where: str) 
 def with_memorized(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per-image scores with `memorized`: a sample whose DINO similarity to some training photo exceeds
     `threshold` counts as a copy."""
-    return scores.assign(memorized=scores["mem_dino"] > threshold)
+    return scores.assign(**{MEMORIZED.name: scores[MEM_DINO.name] > threshold})
 
 
 def aggregate(per_image: pd.DataFrame, div: pd.DataFrame | None = None,
               pres: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Means per prompt and per subject, and the run summary {method: {strategy: scores}}.
+    """Means per prompt and per subject, and the run summary {method: {strategy: {metric: mean}}} of REPORTED.
 
-    DINO, CLIP-I, CLIP-T and the memorized share are means over ALL images (the DreamBench convention, so
-    subjects weigh by their number of images); div is the mean over prompts, pres and pres_base over
-    subjects. `div` (per prompt) and `pres` (per subject) are NaN where not given."""
+    A metric of images (DINO, CLIP-I, CLIP-T, the memorized share) is the mean over ALL images (the DreamBench
+    convention, so subjects weigh by their number of images), of prompts (div) the mean over prompts, of
+    subjects (pres, pres_base) the mean over subjects. `div` (per prompt) and `pres` (per subject) are NaN
+    where not given."""
     require_keys(per_image.columns, PER_IMAGE_COLUMNS, "per-image scores")
     if per_image.empty:
         raise ValueError("per-image scores are empty: nothing to aggregate")
     per_prompt = _join(_means(per_image, PROMPT_KEYS, ["class", "live", "prompt_kind", "prompt"]),
-                       div, PROMPT_KEYS, ["div"])
+                       div, PROMPT_KEYS, list(BY_LEVEL["prompt"]))
     per_subject = _means(per_image, SUBJECT_KEYS, ["class", "live"])
-    per_subject = per_subject.merge(per_prompt.groupby(SUBJECT_KEYS)["div"].mean().reset_index(), on=SUBJECT_KEYS)
-    per_subject = _join(per_subject, pres, SUBJECT_KEYS, ["pres", "pres_base"])
+    per_subject = per_subject.merge(per_prompt.groupby(SUBJECT_KEYS)[list(BY_LEVEL["prompt"])].mean().reset_index(),
+                                    on=SUBJECT_KEYS)
+    per_subject = _join(per_subject, pres, SUBJECT_KEYS, list(BY_LEVEL["subject"]))
     per_prompt, per_subject = (_count_last(table) for table in (per_prompt, per_subject))
 
     summary: dict = defaultdict(dict)
     for (method, strategy), images in per_image.groupby(RUN_KEYS, sort=True):
-        prompts = per_prompt[(per_prompt.method == method) & (per_prompt.strategy == strategy)]
-        subjects = per_subject[(per_subject.method == method) & (per_subject.strategy == strategy)]
-        summary[method][strategy] = {
-            **{score: float(images[score].mean()) for score in SCORES},
-            "div": float(prompts["div"].mean()),
-            "pres": float(subjects["pres"].mean()),
-            "pres_base": float(subjects["pres_base"].mean()),
-            "memorized": float(images["memorized"].mean()),
-            "n_images": len(images),
-        }
+        values = {"image": images,
+                  "prompt": per_prompt[(per_prompt.method == method) & (per_prompt.strategy == strategy)],
+                  "subject": per_subject[(per_subject.method == method) & (per_subject.strategy == strategy)]}
+        summary[method][strategy] = {**{m.name: float(values[m.level][m.name].mean()) for m in REPORTED},
+                                     "n_images": len(images)}
     return per_prompt, per_subject, dict(summary)
 
 
@@ -101,7 +104,7 @@ def _means(per_image: pd.DataFrame, keys: list[str], constants: list[str]) -> pd
     """Score means and image counts per group; `constants` are columns fixed within a group."""
     return per_image.groupby(keys, sort=True).agg(
         **{column: (column, "first") for column in constants},
-        **{score: (score, "mean") for score in IMAGE_MEANS},
+        **{score: (score, "mean") for score in BY_LEVEL["image"]},
         n_images=(SCORES[0], "size"),
     ).reset_index()
 

@@ -8,7 +8,9 @@ download, and whose ids match the real one (so the tiny model's prompts tokenize
 
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.util
 import json
 from pathlib import Path
 
@@ -35,16 +37,17 @@ SPECIAL_TOKENS_MAP = {key: TOKENIZER_CONFIG[key] for key in ("bos_token", "eos_t
                                                              "pad_token")}
 
 
-def clip_merges() -> list[str]:
+@functools.cache
+def clip_merges() -> tuple[str, ...]:
     """The BPE merges ("a b" per line) in rank order, as OpenAI's SimpleTokenizer reads them."""
-    import open_clip.tokenizer as openclip_tokenizer  # with timm ~0.5 s: only building the tiny model needs it
-
-    lines = gzip.open(openclip_tokenizer.default_bpe()).read().decode("utf-8").split("\n")
+    # found, not imported: importing open_clip imports torch and timm (seconds); params validation reads this
+    package = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0])
+    lines = gzip.open(package / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
     # Line 0 is the file's header; the first NUM_MERGES lines after it are the merges CLIP uses.
-    return lines[1 : NUM_MERGES + 1]
+    return tuple(lines[1 : NUM_MERGES + 1])
 
 
-def clip_vocab(merges: list[str]) -> dict[str, int]:
+def clip_vocab(merges: tuple[str, ...]) -> dict[str, int]:
     """Token -> id in CLIP's order: byte symbols, byte symbols + '</w>', merged pairs, BOS, EOS."""
     import open_clip.tokenizer as openclip_tokenizer
 
@@ -65,3 +68,23 @@ def write_clip_tokenizer(folder: str | Path) -> None:
     (folder / "merges.txt").write_text("\n".join([MERGES_HEADER, *merges]) + "\n", encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS_MAP, indent=2) + "\n")
+
+
+# Identifiers. CLIP learned its merges in order of frequency in its training text, so a whole word that is one
+# token of the last fifth of the merges is rare there: it names a subject without bringing a meaning of its
+# own (DreamBooth's "rare-token identifiers"; "sks" is merge 47,624).
+RARE_MERGE_FROM = 39_488  # token id 40,000
+
+
+def check_identifier(word: str) -> None:
+    """ValueError unless `word` is lower-case ASCII letters that SD's tokenizer reads as one rare token."""
+    if not (word.isascii() and word.isalpha() and word.islower()):
+        raise ValueError(f"{word!r} is not a word of lower-case ASCII letters")
+    whole = f"{word}</w>"
+    rank = next((i for i, merge in enumerate(clip_merges()) if merge.replace(" ", "") == whole), None)
+    if rank is None:
+        raise ValueError(f"{word!r} is not one token of SD's (CLIP's) tokenizer: it would be split in several")
+    if rank < RARE_MERGE_FROM:
+        raise ValueError(f"{word!r} is a common token of SD's tokenizer (id {rank + 512}): an ordinary word or "
+                         f"name whose meaning the model already knows; take one with an id from "
+                         f"{RARE_MERGE_FROM + 512} on, like 'sks'")

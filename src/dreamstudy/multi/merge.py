@@ -36,6 +36,7 @@ from dreamstudy.methods.custom_diffusion import KV
 from dreamstudy.methods.lora import WEIGHTS, sort_metadata
 from dreamstudy.methods.tokens import EMBEDS, ids
 from dreamstudy.multi.fusion import concept_targets, custom_diffusion_merge
+from dreamstudy.params import MERGED_FROM
 
 MODES = ("sum", "average")
 MERGED = "merged"  # the temporary adapter save_merged_lora builds
@@ -300,3 +301,36 @@ def load_merged_custom_diffusion(pipe: StableDiffusionPipeline, folder: Path) ->
     unexpected = pipe.unet.load_state_dict(load_file(folder / KV), strict=False).unexpected_keys
     if unexpected:
         raise ValueError(f"{folder / KV}: {unexpected[0]!r} matches no UNet parameter (another model.pretrained?)")
+
+
+# -------------------------------------------------------------------------------------- the merge stage
+
+
+def compose_embeddings(folders: Sequence[Path], folder: Path) -> None:
+    """Textual Inversion's composition: each folder's token file side by side, learned_embeds_<i>.safetensors
+    (the layout the method's loader reads for several tokens), refused if two learned the same token."""
+    folders = [Path(f) for f in folders]
+    check_distinct(folders, EMBEDS)
+    tokens = [embedding_token(f) for f in folders]
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"{', '.join(map(str, folders))} learned the same token ({tokens}): "
+                         "multi-concept runs need one identifier per concept")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate(folders):
+        shutil.copyfile(source / EMBEDS, folder / f"learned_embeds_{i}.safetensors")
+
+
+def merge_models(variant: str, pipe: StableDiffusionPipeline, concepts: Sequence[tuple[Path, str]],
+                 folder: Path) -> None:
+    """Write `variant` (params.MERGED_FROM) of the single-concept models `concepts` ((folder, class name) each)
+    to `folder`, in the format of its method: the merged model loads as a single-concept one does. `pipe` is the
+    base model, float32."""
+    folders = [Path(f) for f, _ in concepts]
+    if variant in ("lora_sum", "lora_average"):
+        save_merged_lora(pipe, load_loras(pipe, folders, variant.removeprefix("lora_")), folder)
+    elif variant == "custom_diffusion_merge":
+        merge_custom_diffusion(pipe, concepts, folder)
+    elif variant == "textual_inversion_compose":
+        compose_embeddings(folders, folder)
+    else:
+        raise ValueError(f"{variant!r} is not a merge (valid: {', '.join(MERGED_FROM)})")

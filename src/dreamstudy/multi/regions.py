@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionPipeline
 
-Box = tuple[float, float, float, float]
+from dreamstudy.multi.boxes import Box, check_box
+
 _SLACK = 1e-6  # box edges within this of a cell edge count as on it (floating-point products like 0.3 * 10)
 
 
@@ -53,18 +54,10 @@ class Region:
     prompt: str
 
     def __post_init__(self):
-        where = f"Region(prompt={self.prompt!r}): box"
         try:
-            box = tuple(float(v) for v in self.box)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where} must be 4 numbers (x0, y0, x1, y1), got {self.box!r}") from None
-        if len(box) != 4:
-            raise ValueError(f"{where} must be 4 numbers (x0, y0, x1, y1), got {len(box)}: {self.box!r}")
-        if not all(0.0 <= v <= 1.0 for v in box):  # also refuses NaN
-            raise ValueError(f"{where} must lie inside [0, 1] (fractions of the image), got {self.box!r}")
-        x0, y0, x1, y1 = box
-        if not (x0 < x1 and y0 < y1):
-            raise ValueError(f"{where} is empty: needs x0 < x1 and y0 < y1, got {self.box!r}")
+            box = check_box(self.box)
+        except ValueError as err:
+            raise ValueError(f"Region(prompt={self.prompt!r}): box {err}") from None
         if not isinstance(self.prompt, str):
             raise ValueError(f"Region prompt must be a string, got {type(self.prompt).__name__}")
         object.__setattr__(self, "box", box)

@@ -19,9 +19,10 @@ from matplotlib.figure import Figure
 
 from dreamstudy.io import atomic_dir
 from dreamstudy.layout import BASELINE, parse_strategy_label
-from dreamstudy.report.figures import plt, save, sns
+from dreamstudy.metrics.registry import CLIP_T, DINO
+from dreamstudy.report.figures import axis_label, plt, save, sns
 from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex
-from dreamstudy.report.load import STAT_METRICS, Results
+from dreamstudy.report.load import INTERVAL_METRICS, Results
 from dreamstudy.report.tables import ci_note, definitions_note, run_rows, significance_note
 
 BASELINE_LABEL = f"{BASELINE} (original images)"
@@ -39,10 +40,10 @@ def strength_figure(results: Results) -> Figure:
     strategies = [strategy for strategy in dict.fromkeys(stats["strategy"]) if strategy != BASELINE]
     colors = dict(zip(strategies, sns.color_palette(n_colors=len(strategies))))
     with sns.axes_style("whitegrid"):
-        figure, axes = plt.subplots(1, len(STAT_METRICS), figsize=(2.4 * len(STAT_METRICS), 2.8),
+        figure, axes = plt.subplots(1, len(INTERVAL_METRICS), figsize=(2.4 * len(INTERVAL_METRICS), 2.8),
                                     layout="constrained", squeeze=False)
-    for ax, (metric, label) in zip(axes[0], STAT_METRICS.items()):
-        rows = stats[stats["metric"] == metric]
+    for ax, metric in zip(axes[0], INTERVAL_METRICS):
+        rows = stats[stats["metric"] == metric.name]
         for _, base in rows[rows["strategy"] == BASELINE].iterrows():
             ax.axhline(base["mean"], color="black", linestyle="--", linewidth=1, label=BASELINE_LABEL)
             if not (math.isnan(base["ci_low"]) or math.isnan(base["ci_high"])):
@@ -52,7 +53,7 @@ def strength_figure(results: Results) -> Figure:
             ax.plot(line["strength"], line["mean"], marker="o", color=colors[strategy], label=strategy)
             ax.fill_between(line["strength"], line["ci_low"], line["ci_high"], color=colors[strategy], alpha=0.15,
                             linewidth=0)
-        ax.set(title=label, xlabel="strength", xticks=sorted(stats["strength"].dropna().unique()))
+        ax.set(title=metric.label, xlabel="strength", xticks=sorted(stats["strength"].dropna().unique()))
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right upper")
     figure.suptitle(results.caption(f"Ablation ({results.methods[0]}): scores against augmentation strength "
@@ -63,32 +64,32 @@ def strength_figure(results: Results) -> Figure:
 def plane_figure(results: Results) -> Figure:
     """DINO against CLIP-T, one point per (strategy, strength), sized by strength; `none` a black star."""
     stats = graded_stats(results)
-    means = (stats[stats["metric"].isin(["dino", "clip_t"])]
+    means = (stats[stats["metric"].isin([DINO.name, CLIP_T.name])]
              .pivot_table(index=["strategy", "strength"], columns="metric", values="mean", dropna=False)
              .reset_index())
     graded = means[means["strategy"] != BASELINE]
     with sns.axes_style("whitegrid"):
         figure, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
-        sns.scatterplot(data=graded, x="clip_t", y="dino", hue="strategy", size="strength", sizes=(30, 200),
+        sns.scatterplot(data=graded, x=CLIP_T.name, y=DINO.name, hue="strategy", size="strength", sizes=(30, 200),
                         edgecolor="black", ax=ax)
     base = means[means["strategy"] == BASELINE]
-    ax.scatter(base["clip_t"], base["dino"], marker="*", s=250, color="black", label=BASELINE_LABEL)
+    ax.scatter(base[CLIP_T.name], base[DINO.name], marker="*", s=250, color="black", label=BASELINE_LABEL)
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
-    ax.set(xlabel="CLIP-T (prompt fidelity)", ylabel="DINO (subject fidelity)")
-    figure.suptitle(results.caption(f"Ablation ({results.methods[0]}): DINO against CLIP-T per strategy and "
-                                    "strength", sep="\n"))
+    ax.set(xlabel=axis_label(CLIP_T), ylabel=axis_label(DINO))
+    figure.suptitle(results.caption(f"Ablation ({results.methods[0]}): {DINO.label} against {CLIP_T.label} per "
+                                    "strategy and strength", sep="\n"))
     return figure
 
 
 def table_latex(results: Results) -> str:
     """A row per (strategy, strength), `none` first: every metric's mean and CI, * against `none`."""
     rows = []
-    for (_, label), cells in zip(results.runs, run_rows(results, list(STAT_METRICS))):
+    for (_, label), cells in zip(results.runs, run_rows(results, INTERVAL_METRICS)):
         strategy, strength = parse_strategy_label(label)
         rows.append([escape_latex(strategy), MISSING if strength is None else f"{strength:g}", *cells[2:]])
     caption = " ".join([f"Ablation of augmentation strategies and strengths ({results.methods[0]}).", ci_note(results),
                         significance_note(results), definitions_note(results)])
-    return booktabs(["Strategy", "Strength", *STAT_METRICS.values()], "ll" + "r" * len(STAT_METRICS),
+    return booktabs(["Strategy", "Strength", *(m.label for m in INTERVAL_METRICS)], "ll" + "r" * len(INTERVAL_METRICS),
                     [Block(rows)], results.caption(caption), "tab:ablation")
 
 

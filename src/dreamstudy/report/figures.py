@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from dreamstudy.report.load import LABELS, METRICS, RUN_KEYS, Results, ResultsError
+from dreamstudy.metrics.registry import CLIP_T, DINO, Metric
+from dreamstudy.report.load import LABELS, MAIN_METRICS, RUN_KEYS, Results, ResultsError
 from dreamstudy.report.overfitting import memorization_figure, overfitting_figure
 from dreamstudy.report.plotting import interval_bars, plt, save, sns
 from dreamstudy.report.tables import ordered_metrics
@@ -46,10 +47,11 @@ def write_figures(results: Results, figures_dir: str | Path, *, sample_prompts: 
 def metrics_figure(results: Results) -> Figure:
     """One panel per metric: bars = mean, error bars = the CI of stats.csv (as in the tables)."""
     with sns.axes_style("whitegrid"):
-        figure, axes = plt.subplots(1, len(METRICS), figsize=(3.4 * len(METRICS) + 1.2, 3.2), layout="constrained")
-    for ax, (metric, label) in zip(axes, METRICS.items()):
-        interval_bars(ax, results.stats[results.stats["metric"] == metric], results.methods, results.strategies)
-        ax.set(title=label, ylabel="score")
+        figure, axes = plt.subplots(1, len(MAIN_METRICS), figsize=(3.4 * len(MAIN_METRICS) + 1.2, 3.2),
+                                    layout="constrained")
+    for ax, metric in zip(axes, MAIN_METRICS):
+        interval_bars(ax, results.stats[results.stats["metric"] == metric.name], results.methods, results.strategies)
+        ax.set(title=metric.label, ylabel="score")
     figure.legend(*axes[0].get_legend_handles_labels(), title="strategy", loc="outside right center")
     figure.suptitle(results.caption(f"DreamBench scores: mean and {results.ci_label} (hierarchical bootstrap "
                                     "over subjects and prompts)", sep="\n"))
@@ -59,20 +61,25 @@ def metrics_figure(results: Results) -> Figure:
 def dino_vs_clip_t_figure(results: Results) -> Figure:
     """Subject fidelity against prompt fidelity: one large point per run (mean), faint points per subject,
     the real images' DINO as the upper bound."""
-    runs = results.per_subject.groupby(RUN_KEYS, sort=False)[list(METRICS)].mean().reset_index()
-    encoding = dict(x="clip_t", y="dino", hue="strategy", hue_order=results.strategies,
+    runs = results.per_subject.groupby(RUN_KEYS, sort=False)[[CLIP_T.name, DINO.name]].mean().reset_index()
+    encoding = dict(x=CLIP_T.name, y=DINO.name, hue="strategy", hue_order=results.strategies,
                     style="method", style_order=results.methods)
     with sns.axes_style("whitegrid"):
         figure, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
         sns.scatterplot(data=results.per_subject, **encoding, s=20, alpha=0.3, legend=False, ax=ax)
         sns.scatterplot(data=runs, **encoding, s=120, edgecolor="black", ax=ax)
-    ax.axhline(results.real_images["dino"].mean(), color="gray", linestyle="--", label="real images")
+    ax.axhline(results.real_images[DINO.name].mean(), color="gray", linestyle="--", label="real images")
     ax.legend()
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1))  # outside: 30 subjects fill the axes
-    ax.set(xlabel="CLIP-T (prompt fidelity)", ylabel="DINO (subject fidelity)")
-    figure.suptitle(results.caption("DINO against CLIP-T: mean per run, faint: per subject, dashed: real images",
-                                    sep="\n"))
+    ax.set(xlabel=axis_label(CLIP_T), ylabel=axis_label(DINO))
+    figure.suptitle(results.caption(f"{DINO.label} against {CLIP_T.label}: mean per run, faint: per subject, "
+                                    "dashed: real images", sep="\n"))
     return figure
+
+
+def axis_label(metric: Metric) -> str:
+    """'DINO (subject fidelity)'."""
+    return f"{metric.label} ({metric.meaning})"
 
 
 def breakdown_figure(results: Results) -> Figure:

@@ -19,15 +19,17 @@ import pandas as pd
 from dreamstudy.data.dreambench import PROMPT_KINDS
 from dreamstudy.io import read_jsonl
 from dreamstudy.layout import BASELINE
-from dreamstudy.metrics.tables import read_table
+from dreamstudy.metrics.registry import MEM_DINO, MEMORIZED, METRICS
+from dreamstudy.metrics.tables import REAL_IMAGE_SCORES, REPORTED, SCORES, read_table
 from dreamstudy.models.loading import RANDOM_MODELS
 
-METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # column -> label in figures and tables
+LABELS = {m.name: m.label for m in METRICS}  # column -> label in figures and tables
+MAIN_METRICS = [m for m in METRICS if m.table == "main"]  # DreamBench's scores: main.tex, per_subject.tex
+OVERFITTING_METRICS = [m for m in METRICS if m.table == "overfitting"]  # overfitting.tex
 # The metrics with a bootstrap CI in stats.csv (and a test in tests.csv), in table order.
-STAT_METRICS = METRICS | {"div": "DIV", "pres": "PRES", "memorized": "Memorized"}
-LABELS = STAT_METRICS | {"pres_base": "PRES (base)", "mem_dino": "max DINO to a training image",
-                         "mem_clip_i": "max CLIP-I to a training image"}
-NULLABLE = ("div", "pres", "pres_base")
+INTERVAL_METRICS = [m for m in METRICS if m.interval]
+STAT_METRICS = {m.name: m.label for m in INTERVAL_METRICS}
+NULLABLE = tuple(m.name for m in METRICS if m.nullable)
 # breakdown.csv's groups in DreamBench's order; `live` groups may be written as booleans
 GROUP_ORDER = [*(("prompt_kind", kind) for kind, _ in PROMPT_KINDS["live"]), ("live", "live"), ("live", "object")]
 LIVE_GROUPS = {"true": "live", "1": "live", "false": "object", "0": "object"}
@@ -154,18 +156,18 @@ def load_results(results_dir: str | Path, *, memorization_threshold: float) -> R
 
 
 def _read_per_subject(path: Path) -> pd.DataFrame:
-    table = _read_csv(path, [*SUBJECT_KEYS, "class", *METRICS, "memorized", *NULLABLE])
-    _to_numbers(table, path, [*METRICS, "memorized"], nan_ok=False)
-    _to_numbers(table, path, list(NULLABLE), nan_ok=True)
+    table = _read_csv(path, [*SUBJECT_KEYS, "class", *(m.name for m in REPORTED)])
+    _to_numbers(table, path, [m.name for m in REPORTED if not m.nullable], nan_ok=False)
+    _to_numbers(table, path, [m.name for m in REPORTED if m.nullable], nan_ok=True)
     _no_repeats(table, path, SUBJECT_KEYS)
     return table
 
 
 def _read_per_image(path: Path, threshold: float) -> pd.DataFrame:
-    table = _read_csv(path, [*SUBJECT_KEYS, "prompt_index", *METRICS, "mem_dino", "memorized"])
-    _to_numbers(table, path, [*METRICS, "mem_dino"], nan_ok=False)
-    _to_flags(table, path, ["memorized"])
-    stale = table["memorized"] != (table["mem_dino"] > threshold)
+    table = _read_csv(path, [*SUBJECT_KEYS, "prompt_index", *SCORES, MEM_DINO.name, MEMORIZED.name])
+    _to_numbers(table, path, [*SCORES, MEM_DINO.name], nan_ok=False)
+    _to_flags(table, path, [MEMORIZED.name])
+    stale = table[MEMORIZED.name] != (table[MEM_DINO.name] > threshold)
     if stale.any():
         raise ResultsError(f"{path}: `memorized` disagrees with mem_dino > eval.memorization_threshold "
                            f"({threshold}) on line(s) {_csv_lines(stale)}: rerun the gather stage")
@@ -211,8 +213,8 @@ def _level(table: pd.DataFrame, path: Path, column: str) -> float:
 
 
 def _read_real_images(path: Path, subjects: pd.Series) -> pd.DataFrame:
-    table = _read_csv(path, ["subject", "dino", "clip_i"])
-    _to_numbers(table, path, ["dino", "clip_i"], nan_ok=True)  # NaN: a subject with a single photo has no pair
+    table = _read_csv(path, ["subject", *REAL_IMAGE_SCORES])
+    _to_numbers(table, path, list(REAL_IMAGE_SCORES), nan_ok=True)  # NaN: a subject with a single photo has no pair
     _no_repeats(table, path, ["subject"])
     absent = sorted(set(subjects) - set(table["subject"]))
     if absent:

@@ -8,11 +8,11 @@ from importlib import resources
 
 import pandas as pd
 
+from dreamstudy.metrics.registry import METRICS, Metric
 from dreamstudy.report.latex import MISSING, escape_latex, number
 
-COLUMNS = ["method", "variant", "dino", "clip_i", "clip_t", "pres", "div", "paper", "table", "subjects",
-           "citation"]
-NUMBERS = ["dino", "clip_i", "clip_t", "pres", "div"]
+NUMBERS = [m.name for m in METRICS if m.published]
+COLUMNS = ["method", "variant", *NUMBERS, "paper", "table", "subjects", "citation"]
 
 
 def load_published() -> pd.DataFrame:
@@ -29,11 +29,12 @@ def load_published() -> pd.DataFrame:
     return table
 
 
-def published_rows(published: pd.DataFrame, columns: list[str], trailing: int = 0) -> list[list[str]]:
-    """LaTeX rows: method with its source letter, variant (or --), the `columns`, then `trailing` empty cells."""
+def published_rows(published: pd.DataFrame, metrics: list[Metric], trailing: int = 0) -> list[list[str]]:
+    """LaTeX rows: method with its source letter, variant (or --), the `metrics` (-- where the papers report
+    none), then `trailing` empty cells."""
     return [[rf"{escape_latex(row.method)}$^{{\mathrm{{{row.key}}}}}$",
              escape_latex(row.variant) if isinstance(row.variant, str) else MISSING,
-             *(number(getattr(row, column)) for column in columns), *[MISSING] * trailing]
+             *(number(getattr(row, m.name)) if m.published else MISSING for m in metrics), *[MISSING] * trailing]
             for row in published.itertuples(index=False)]
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from dreamstudy.layout import BASELINE
+from dreamstudy.metrics.registry import CLIP_T, DIV, MEMORIZED, PRES, PRES_BASE, Metric
 from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number, to_latex
-from dreamstudy.report.load import LABELS, METRICS, RUN_KEYS, SUBJECT_KEYS, Results
+from dreamstudy.report.load import LABELS, MAIN_METRICS, OVERFITTING_METRICS, RUN_KEYS, SUBJECT_KEYS, Results
 from dreamstudy.report.published import load_published, published_rows, sources_note
 
 __all__ = ["write_tables"]  # also read by the ablation's report: run_rows and the caption notes
@@ -25,53 +26,57 @@ REAL_NOTE = ("n: generated images per run. Real images: mean similarity between 
              "subject, averaged over subjects (the upper bound).")
 
 
-def run_rows(results: Results, metrics: list[str]) -> list[list[str]]:
+def run_rows(results: Results, metrics: list[Metric]) -> list[list[str]]:
     """One row per run: method, strategy, then each metric's mean and CI from stats.csv, '*' when tests.csv
-    finds it significantly different from `none` of the same method."""
+    finds it significantly different from `none` of the same method; a metric without an interval, its mean
+    over the run's subjects."""
     stats = results.stats.set_index([*RUN_KEYS, "metric"])
     tests = results.tests
     marked = set(tests.loc[(tests["baseline"] == BASELINE) & tests["significant"], [*RUN_KEYS, "metric"]]
                  .itertuples(index=False, name=None))
+    means = results.per_subject.groupby(RUN_KEYS)[[m.name for m in metrics if not m.interval]].mean()  # skips NaN
     rows = []
     for method, strategy in results.runs:
         cells = []
         for metric in metrics:
-            row = stats.loc[(method, strategy, metric)]
-            cells.append(estimate(row["mean"], row["ci_low"], row["ci_high"], (method, strategy, metric) in marked))
+            if metric.interval:
+                row = stats.loc[(method, strategy, metric.name)]
+                cells.append(estimate(row["mean"], row["ci_low"], row["ci_high"],
+                                      (method, strategy, metric.name) in marked))
+            else:
+                cells.append(number(means.loc[(method, strategy), metric.name]))
         rows.append([escape_latex(method), escape_latex(strategy), *cells])
     return rows
 
 
 def main_table(results: Results) -> str:
-    """DINO, CLIP-I, CLIP-T and n (generated images) per run; real images; published rows."""
+    """DreamBench's scores (DINO, CLIP-I, CLIP-T) and n (generated images) per run; real images; published rows."""
     n_images = results.per_image.groupby(RUN_KEYS, sort=False).size()
-    ours = [[*row, str(n_images[run])] for row, run in zip(run_rows(results, list(METRICS)), results.runs)]
-    real = results.real_images[["dino", "clip_i"]].mean()
-    real_row = ["Real images (upper bound)", MISSING, number(real["dino"]), number(real["clip_i"]), MISSING,
+    ours = [[*row, str(n_images[run])] for row, run in zip(run_rows(results, MAIN_METRICS), results.runs)]
+    real_row = ["Real images (upper bound)", MISSING,
+                *(number(results.real_images[m.name].mean()) if m.real_images else MISSING for m in MAIN_METRICS),
                 MISSING]
     published = load_published()
     caption = " ".join(["DreamBench scores per method and augmentation strategy.", ci_note(results),
                         significance_note(results), REAL_NOTE, protocol_note(results), published_note(published)])
-    return booktabs(["Method", "Strategy", *METRICS.values(), "n"], "llrrrr",
+    header = ["Method", "Strategy", *(m.label for m in MAIN_METRICS), "n"]
+    return booktabs(header, "ll" + "r" * (len(header) - 2),
                     [Block(ours), Block([real_row]),
-                     Block(published_rows(published, list(METRICS), trailing=1), PUBLISHED_TITLE)],
+                     Block(published_rows(published, MAIN_METRICS, trailing=1), PUBLISHED_TITLE)],
                     results.caption(caption), "tab:main")
 
 
 def overfitting_table(results: Results) -> str:
-    """DIV, PRES (with the base model's PRES beside it) and the memorized share per run; DreamBooth's
-    prior-preservation ablation below."""
-    pres_base = results.per_subject.groupby(RUN_KEYS, sort=False)["pres_base"].mean()  # NaN-skipping
-    # run_rows gives method, strategy, DIV, PRES, memorized; PRES (base) has no CI and goes before memorized
-    ours = [[*row[:4], number(pres_base[run]), row[4]]
-            for row, run in zip(run_rows(results, ["div", "pres", "memorized"]), results.runs)]
-    published = load_published().dropna(subset=["pres", "div"], how="all")
+    """The overfitting measures per run (DIV, PRES, the base model's PRES, without a CI, and the memorized share);
+    DreamBooth's prior-preservation ablation below."""
+    published = load_published().dropna(subset=[m.name for m in OVERFITTING_METRICS if m.published], how="all")
     caption = " ".join(["Diversity, prior preservation and memorization per method and augmentation strategy.",
                         ci_note(results), significance_note(results), definitions_note(results), protocol_note(results),
                         published_note(published, scores=False)])
-    header = ["Method", "Strategy", LABELS["div"], LABELS["pres"], LABELS["pres_base"], LABELS["memorized"]]
-    published_block = Block(published_rows(published, ["div", "pres"], trailing=2), PUBLISHED_TITLE)
-    return booktabs(header, "llrrrr", [Block(ours), published_block],
+    header = ["Method", "Strategy", *(m.label for m in OVERFITTING_METRICS)]
+    return booktabs(header, "ll" + "r" * (len(header) - 2),
+                    [Block(run_rows(results, OVERFITTING_METRICS)),
+                     Block(published_rows(published, OVERFITTING_METRICS), PUBLISHED_TITLE)],
                     results.caption(caption), "tab:overfitting")
 
 
@@ -102,17 +107,17 @@ def per_subject_table(results: Results) -> pd.DataFrame:
     """One row per subject; a column group per (method, strategy) with its three scores."""
     per_subject = results.per_subject.assign(run=lambda t: t["method"] + " / " + t["strategy"])
     runs = [f"{method} / {strategy}" for method, strategy in results.runs]
-    wide = per_subject.pivot(index=["subject", "class"], columns="run", values=list(METRICS))
-    wide = wide.rename(columns=METRICS, level=0).swaplevel(axis="columns")
-    wide = wide.reindex(columns=pd.MultiIndex.from_product([runs, METRICS.values()]))
+    wide = per_subject.pivot(index=["subject", "class"], columns="run", values=[m.name for m in MAIN_METRICS])
+    wide = wide.rename(columns=LABELS, level=0).swaplevel(axis="columns")
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([runs, [m.label for m in MAIN_METRICS]]))
     return wide.reset_index().rename(columns={"subject": "Subject", "class": "Class"})
 
 
 def definitions_note(results: Results) -> str:
-    return ("DIV: mean pairwise LPIPS distance between the images of one prompt (higher: more diverse; LPIPS "
-            f"network: {results.encoders.lpips}). PRES: mean DINO similarity of the model's 'a photo of a "
-            "[class]' images to the subject's real photos (lower: better prior preservation); PRES (base): the "
-            "same for the base model's images of the same seeds, mean over subjects. Memorized: share of "
+    return (f"{DIV.label}: mean pairwise LPIPS distance between the images of one prompt ({DIV.meaning}; LPIPS "
+            f"network: {results.encoders.lpips}). {PRES.label}: mean DINO similarity of the model's 'a photo of a "
+            f"[class]' images to the subject's real photos ({PRES.meaning}); {PRES_BASE.label}: the "
+            f"same for the base model's images of the same seeds, mean over subjects. {MEMORIZED.label}: share of "
             "generated images whose highest DINO similarity to a training image exceeds "
             f"{results.memorization_threshold:g}. {MISSING}: not measured.")
 
@@ -140,13 +145,14 @@ def protocol_note(results: Results) -> str:
     return (f"Our protocol: {', '.join(results.models)}, {sampling}; {image['subject'].nunique()} subjects x "
             f"{span(prompts)} prompts x {span(per_prompt)} images per prompt; DINO {enc.dino}, CLIP {enc.clip}, "
             "with the preprocessing of Custom Diffusion's evaluation script (bicubic resize, centre crop 224); "
-            "CLIP-T is the raw cosine to the prompt without the identifier token, not CLIPScore (2.5 x cosine).")
+            f"{CLIP_T.label} is the raw cosine to the prompt without the identifier token, not CLIPScore "
+            "(2.5 x cosine).")
 
 
 def published_note(published: pd.DataFrame, scores: bool = True) -> str:
-    """The sources of the published rows and, for DINO / CLIP-I / CLIP-T (`scores`), how their protocol differs."""
-    differences = ("; DreamBooth names neither its CLIP backbone nor its preprocessing, and whether CLIP-T keeps "
-                   "the identifier is not standardised") if scores else ""
+    """The sources of the published rows and, for DreamBench's scores (`scores`), how their protocol differs."""
+    differences = ("; DreamBooth names neither its CLIP backbone nor its preprocessing, and whether "
+                   f"{CLIP_T.label} keeps the identifier is not standardised") if scores else ""
     return f"Published rows: {sources_note(published)}; base model as named in the row{differences}."
 
 

@@ -9,6 +9,8 @@ which also applies sample.channels_last and sample.compile."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -69,8 +71,10 @@ def speed_up(pipe: StableDiffusionPipeline, *, compile: bool, channels_last: boo
 
 
 def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: int, num_inference_steps: int,
-           guidance_scale: float, batch_size: int) -> None:
-    """Render each spec (anything with .prompt, .seed and .file, e.g. SampleSpec) as `folder / spec.file`."""
+           guidance_scale: float, batch_size: int,
+           around: Callable[[list[str]], AbstractContextManager] = lambda prompts: nullcontext()) -> None:
+    """Render each spec (anything with .prompt, .seed and .file, e.g. SampleSpec) as `folder / spec.file`;
+    each pipeline call inside `around(its prompts)` (e.g. regions installed for them)."""
     pipe.set_progress_bar_config(disable=True)
     with tqdm(total=len(specs), desc="sample", unit="img") as bar:
         for start in range(0, len(specs), batch_size):
@@ -78,9 +82,11 @@ def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: in
             # one generator per image: an image's noise is its own seed's, whichever images share its batch.
             # The batch size itself can still change a pixel by a level (batched kernels round differently),
             # so sample.batch_size is a dependency of the sample stage.
-            images = pipe(prompt=[s.prompt for s in chunk], height=resolution, width=resolution,
-                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          generator=[torch.Generator().manual_seed(s.seed) for s in chunk]).images
+            prompts = [s.prompt for s in chunk]
+            with around(prompts):
+                images = pipe(prompt=prompts, height=resolution, width=resolution,
+                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              generator=[torch.Generator().manual_seed(s.seed) for s in chunk]).images
             for spec, image in zip(chunk, images, strict=True):
                 image.save(folder / spec.file)
             bar.update(len(chunk))
@@ -88,7 +94,8 @@ def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: in
 
 def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: str | Path, *, resolution: int,
              num_inference_steps: int, guidance_scale: float, batch_size: int, extra: dict,
-             class_specs: list = ()) -> None:
+             class_specs: list = (),
+             around: Callable[[list[str]], AbstractContextManager] = lambda prompts: nullcontext()) -> None:
     """Render `specs` into `out_dir` with samples.jsonl; `extra` fields (method, ...) join every row.
 
     `class_specs` (sampling.priors.ClassImage: "a photo of a dog" with the class images' own seeds) go
@@ -97,7 +104,7 @@ def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: st
     with atomic_dir(out_dir) as tmp:
         settings = dict(resolution=resolution, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, batch_size=batch_size)
-        render(pipe, specs, tmp, **settings)
+        render(pipe, specs, tmp, **settings, around=around)
         write_jsonl(tmp / SAMPLES, [{**asdict(s), **extra} for s in specs])
         if class_specs:
             (tmp / PRES).mkdir()

@@ -1,0 +1,111 @@
+"""The multi-concept study's scores of one run (a pair's samples from one variant), by the main study's
+encoders: per image, each subject's DINO and CLIP-I (the whole image against that subject's real photos, as
+CustomConcept101 scores it; no crops), their mean and their minimum over the two subjects (an image that
+shows only one of them scores low on the minimum), CLIP-T (the prompt without the identifiers, as the main
+study) and CLIPScore beside it for the published comparison; DIV per prompt. The whole study's tables and
+intervals: multi_study.py.
+
+Left for later (issue 11): detector crops, identity mixing, retention."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dreamstudy.io import read_jsonl
+from dreamstudy.metrics.cache import EmbeddingCache
+from dreamstudy.metrics.diversity import mean_pairwise_lpips
+from dreamstudy.metrics.encoders import Encoders
+from dreamstudy.metrics.images import open_images
+from dreamstudy.metrics.multi_study import PAIR_IMAGE_KEYS, PER_SUBJECT, PROMPT_KEYS
+from dreamstudy.metrics.registry import (
+    CLIP_I_MEAN,
+    CLIP_I_MIN,
+    CLIP_SCORE,
+    CLIP_T,
+    DINO_MEAN,
+    DINO_MIN,
+    DIV,
+    MULTI_IMAGE_METRICS,
+)
+from dreamstudy.metrics.similarity import pairwise_cosine, remove_identifier
+from dreamstudy.metrics.tables import require_keys
+from dreamstudy.multi.variants import sample_label
+from dreamstudy.sampling.protocol import SAMPLES
+
+PAIR_SAMPLE_KEYS = ("subject", "variant", "regions", "subjects", "tokens", "prompt_index", "prompt_kind", "prompt",
+                    "image_index", "seed", "file", "model")
+CLIP_SCORE_WEIGHT = 2.5  # CLIPScore (Hessel et al. 2021): 2.5 x max(cosine, 0), as CustomConcept101 reports
+
+
+def read_pair_samples(samples_dir: str | Path) -> list[dict]:
+    """samples.jsonl of a sample_multi run, each row checked and given its image's absolute "path"."""
+    file = Path(samples_dir) / SAMPLES
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no samples (run the sample_multi stage first)")
+    rows = read_jsonl(file)
+    if not rows:
+        raise ValueError(f"{file}: no rows")
+    for line, row in enumerate(rows, start=1):
+        require_keys(row, PAIR_SAMPLE_KEYS, f"{file}:{line}")
+        path = file.parent / row["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{file}:{line}: image {str(path)!r} not found")
+        row["path"] = str(path.resolve())
+    return rows
+
+
+def run_of(row: Mapping) -> dict:
+    return {"variant": sample_label(row["variant"], row["regions"]), "pair": row["subject"]}
+
+
+def clip_t_text(row: Mapping) -> str:
+    """The prompt without either subject's identifier: "a dog wearing a backpack on a beach"."""
+    text = row["prompt"]
+    for token in row["tokens"]:
+        text = remove_identifier(text, token)
+    return text
+
+
+def evaluate_pair(samples: list[dict], references: Mapping[str, list[Path]], encoders: Encoders,
+                  batch_size: int, cache: EmbeddingCache) -> pd.DataFrame:
+    """One row per image: PAIR_IMAGE_KEYS, each subject's DINO and CLIP-I, and MULTI_IMAGE_METRICS."""
+    subjects = samples[0]["subjects"]
+    refs = {which: [cache.images(which, references[s]) for s in subjects] for which in ("dino", "clip")}
+    texts = sorted({clip_t_text(row) for row in samples})
+    text_embedding = dict(zip(texts, encoders.embed_texts(texts, batch_size)))
+    records = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        images = open_images(row["path"] for row in batch)
+        embedded = {"clip": encoders.embed_images_clip(images, batch_size),
+                    "dino": encoders.embed_images_dino(images, batch_size)}
+        # [images, subjects]: each image's mean cosine to each subject's photos
+        alike = {which: torch.stack([pairwise_cosine(embedded[which], r).mean(dim=1) for r in refs[which]], dim=1)
+                 for which in ("dino", "clip")}
+        clip_t = (embedded["clip"] * torch.stack([text_embedding[clip_t_text(row)] for row in batch])).sum(dim=1)
+        scores = {"dino_1": alike["dino"][:, 0], "dino_2": alike["dino"][:, 1],
+                  "clip_i_1": alike["clip"][:, 0], "clip_i_2": alike["clip"][:, 1],
+                  DINO_MEAN.name: alike["dino"].mean(dim=1), DINO_MIN.name: alike["dino"].min(dim=1).values,
+                  CLIP_I_MEAN.name: alike["clip"].mean(dim=1), CLIP_I_MIN.name: alike["clip"].min(dim=1).values,
+                  CLIP_T.name: clip_t, CLIP_SCORE.name: CLIP_SCORE_WEIGHT * clip_t.clamp(min=0)}
+        for position, row in enumerate(batch):
+            records.append({**run_of(row), **{key: row[key] for key in PAIR_IMAGE_KEYS[2:]},
+                            **{name: column[position].item() for name, column in scores.items()}})
+    columns = [*PAIR_IMAGE_KEYS, *PER_SUBJECT, *(m.name for m in MULTI_IMAGE_METRICS)]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def pair_diversity(samples: list[dict], encoders: Encoders) -> pd.DataFrame:
+    """DIV per prompt: mean pairwise LPIPS among the prompt's images (NaN below 2 images)."""
+    records = []
+    for index in sorted({row["prompt_index"] for row in samples}):
+        rows = [row for row in samples if row["prompt_index"] == index]
+        paths = [row["path"] for row in rows]
+        records.append({**run_of(rows[0]), "prompt_index": index,
+                        DIV.name: mean_pairwise_lpips(encoders.lpips, open_images(paths), where=paths)})
+    return pd.DataFrame.from_records(records, columns=[*PROMPT_KEYS, DIV.name])
+

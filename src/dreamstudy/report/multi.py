@@ -1,0 +1,116 @@
+"""The multi-concept study's report, paper/multi/: the table of every variant with its intervals and the
+published rows beside it, the fidelity(min)-vs-CLIP-T plane, and a sample grid per pair (rows: variants,
+columns: prompts), from results/multi/ alone."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from dreamstudy.io import atomic_dir
+from dreamstudy.metrics.registry import CLIP_T, DINO_MIN, MULTI_METRICS
+from dreamstudy.metrics.scores import ENCODERS
+from dreamstudy.models.loading import RANDOM_MODELS
+from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number
+from dreamstudy.report.load import RANDOM_INIT_LABEL, RANDOM_MODEL_LABEL
+from dreamstudy.report.plotting import plt, save, sns
+
+PUBLISHED = Path(__file__).with_name("published_multi.csv")
+GRID_CELL = 1.6  # inches per image in the sample grids
+
+
+def labels(encoders: dict, per_image: pd.DataFrame) -> list[str]:
+    """What the numbers are not: random encoders, random base models."""
+    notes = [] if encoders["pretrained"] else [RANDOM_INIT_LABEL]
+    return notes + [RANDOM_MODEL_LABEL.format(model=m) for m in sorted(set(per_image["model"])) if m in RANDOM_MODELS]
+
+
+def table_latex(stats: pd.DataFrame, tests: pd.DataFrame, notes: list[str]) -> str:
+    """Every variant's means with their intervals (* where it differs from joint training's baseline at the
+    tests' alpha), then the published rows (their protocols in the caption)."""
+    significant = {(r.variant, r.metric) for r in tests.itertuples() if r.significant}
+    rows = []
+    for variant, runs in stats.groupby("variant", sort=False):
+        by_metric = runs.set_index("metric")
+        rows.append([escape_latex(variant)] + [
+            estimate(by_metric.at[m.name, "mean"], by_metric.at[m.name, "ci_low"], by_metric.at[m.name, "ci_high"],
+                     (variant, m.name) in significant) for m in MULTI_METRICS])
+    published = pd.read_csv(PUBLISHED)
+    cited = [[escape_latex(row.variant)] + [number(getattr(row, m.name)) if m.name in published.columns else MISSING
+                              for m in MULTI_METRICS] for row in published.itertuples()]
+    baseline = tests["baseline"].iloc[0] if len(tests) else None
+    confidence = stats["confidence"].iloc[0]
+    caption = (f"Multi-concept personalization: means over pairs with {confidence:.0%} hierarchical bootstrap "
+               "intervals (pairs, then prompts). DINO and CLIP-I: the whole image against each subject's photos, "
+               "mean and minimum over the two subjects; CLIP-T: raw cosine to the prompt without identifiers; "
+               "CLIPScore: 2.5 x max(CLIP-T, 0). "
+               + (f"* differs from {baseline} (paired Wilcoxon over pairs, p < {tests['alpha'].iloc[0]}). "
+                  if baseline else "")
+               + "Published rows: " + " ".join(f"{'; '.join(rows.variant)}: {protocol}."
+                                               for protocol, rows in published.groupby("protocol", sort=False))
+               + " " + " ".join(notes))
+    header = ["Variant", *(m.label for m in MULTI_METRICS)]
+    return booktabs(header, "l" + "r" * len(MULTI_METRICS), [Block(rows), Block(cited, "Published")],
+                    caption.strip(), "tab:multi")
+
+
+def plane_figure(stats: pd.DataFrame, folder: Path, notes: list[str]) -> None:
+    """DINO (min) against CLIP-T per variant, with both intervals: fidelity to the less faithful subject
+    against prompt fidelity."""
+    wide = stats.pivot(index="variant", columns="metric", values=["mean", "ci_low", "ci_high"])
+    figure, ax = plt.subplots(figsize=(5, 4))
+    for variant, color in zip(wide.index, sns.color_palette(n_colors=len(wide))):
+        x, y = wide.at[variant, ("mean", CLIP_T.name)], wide.at[variant, ("mean", DINO_MIN.name)]
+        xerr = [[x - wide.at[variant, ("ci_low", CLIP_T.name)]], [wide.at[variant, ("ci_high", CLIP_T.name)] - x]]
+        yerr = [[y - wide.at[variant, ("ci_low", DINO_MIN.name)]], [wide.at[variant, ("ci_high", DINO_MIN.name)] - y]]
+        has_ci = not any(math.isnan(v[0]) for v in (*xerr, *yerr))
+        ax.errorbar(x, y, xerr=xerr if has_ci else None, yerr=yerr if has_ci else None, fmt="o", color=color,
+                    label=variant, capsize=2)
+    ax.set_xlabel(CLIP_T.label)
+    ax.set_ylabel(f"{DINO_MIN.label}: {DINO_MIN.meaning}")
+    ax.legend(fontsize="small")
+    if notes:
+        ax.set_title("\n".join(notes), fontsize="x-small")
+    save(figure, folder, "fidelity_vs_clip_t")
+    plt.close(figure)
+
+
+def sample_grids(per_image: pd.DataFrame, samples_root: Path, folder: Path) -> None:
+    """Per pair, the first image of each prompt (columns) from each variant (rows)."""
+    first = per_image[per_image["image_index"] == 0]
+    for pair, images in first.groupby("pair", sort=True):
+        variants = list(dict.fromkeys(images["variant"]))
+        prompts = sorted(set(images["prompt_index"]))
+        figure, axes = plt.subplots(len(variants), len(prompts), squeeze=False,
+                                    figsize=(GRID_CELL * len(prompts), GRID_CELL * len(variants)))
+        for row in images.itertuples():
+            ax = axes[variants.index(row.variant)][prompts.index(row.prompt_index)]
+            with Image.open(samples_root / row.variant / "none" / pair / row.file) as image:
+                ax.imshow(image.convert("RGB"))
+        for r, variant in enumerate(variants):
+            for c in range(len(prompts)):
+                axes[r][c].set_xticks([])
+                axes[r][c].set_yticks([])
+            axes[r][0].set_ylabel(variant, fontsize="small")
+        for c, index in enumerate(prompts):
+            prompt = images[images["prompt_index"] == index]["prompt"].iloc[0]
+            axes[0][c].set_title(prompt, fontsize="xx-small", wrap=True)
+        save(figure, folder, f"samples_{pair}")
+        plt.close(figure)
+
+
+def write_multi_report(metrics_dir: Path, samples_root: Path, out_dir: Path) -> list[Path]:
+    """paper/multi/ appears whole: table.tex, fidelity_vs_clip_t.{pdf,png}, samples_<pair>.{pdf,png}."""
+    stats = pd.read_csv(metrics_dir / "stats.csv")
+    tests = pd.read_csv(metrics_dir / "tests.csv")
+    per_image = pd.read_csv(metrics_dir / "per_image.csv")
+    notes = labels(json.loads((metrics_dir / ENCODERS).read_text()), per_image)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "table.tex").write_text(table_latex(stats, tests, notes))
+        plane_figure(stats, tmp, notes)
+        sample_grids(per_image, samples_root, tmp)
+    return sorted(out_dir.iterdir())

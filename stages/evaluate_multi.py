@@ -1,0 +1,38 @@
+"""DVC stage `evaluate_multi`: CLIP-T, CLIPScore, each subject's DINO and CLIP-I (their mean and minimum) and DIV
+of one multi-concept run's samples -> results/multi/scores/{variant}/none/{pair}."""
+
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
+import torch
+
+from dreamstudy.cli import stage_args
+from dreamstudy.io import atomic_dir, write_json
+from dreamstudy.layout import BASELINE, DATASET, key_subjects
+from dreamstudy.metrics.cache import EmbeddingCache, default_cache_root
+from dreamstudy.metrics.encoders import load_encoders
+from dreamstudy.metrics.multi import evaluate_pair, pair_diversity, read_pair_samples
+from dreamstudy.metrics.multi_study import DIVERSITY, IMAGES
+from dreamstudy.metrics.run import read_references
+from dreamstudy.metrics.scores import ENCODERS
+
+
+def main(argv=None) -> None:
+    args, p = stage_args("evaluate_multi", __doc__, argv)
+    run = (args.variant, BASELINE, args.pair)
+    samples = read_pair_samples(args.layout.samples(*run))  # inputs checked before the encoders load
+    references = {subject: read_references(DATASET, subject) for subject in key_subjects(args.pair)}
+    encoders = load_encoders(p.eval.pretrained_encoders, device="cuda" if torch.cuda.is_available() else "cpu",
+                             seed=p.seed)
+    cache = EmbeddingCache(encoders, default_cache_root())
+    per_image = evaluate_pair(samples, references, encoders, p.eval.batch_size, cache)
+    div = pair_diversity(samples, encoders)
+    with atomic_dir(args.layout.scores(*run)) as tmp:
+        per_image.to_csv(tmp / IMAGES, index=False)
+        div.to_csv(tmp / DIVERSITY, index=False)
+        write_json(tmp / ENCODERS, encoders.describe())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""DVC stage `merge_multi`: one pair's merged model (lora_sum, lora_average, custom_diffusion_merge,
+textual_inversion_compose) from the main study's single-concept models of its subjects, trained on the
+original images."""
+
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
+from dreamstudy.cli import stage_args
+from dreamstudy.data.dreambench import SUBJECTS
+from dreamstudy.io import atomic_dir
+from dreamstudy.layout import BASELINE, Layout, key_subjects
+from dreamstudy.models.loading import load_pipeline
+from dreamstudy.multi.merge import merge_models
+from dreamstudy.params import MERGED_FROM
+
+
+def main(argv=None) -> None:
+    args, p = stage_args("merge_multi", __doc__, argv)
+    method, main_study = MERGED_FROM[args.variant], Layout("main")
+    concepts = [(main_study.model(method, BASELINE, s), SUBJECTS[s]) for s in key_subjects(args.pair)]
+    pipe = load_pipeline(p.model.pretrained)
+    with atomic_dir(args.layout.model(args.variant, BASELINE, args.pair)) as tmp:
+        merge_models(args.variant, pipe, concepts, tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""DVC stage `report_multi`: the multi-concept study's table, fidelity-vs-CLIP-T plane and sample grids into
+paper/multi/, from results/multi/ alone."""
+
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
+from dreamstudy.cli import stage_args
+from dreamstudy.report.multi import write_multi_report
+
+
+def main(argv=None) -> None:
+    args, _ = stage_args("report_multi", __doc__, argv)
+    for path in write_multi_report(args.layout.metrics, args.layout.samples_root, args.layout.paper):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

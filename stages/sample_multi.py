@@ -1,0 +1,49 @@
+"""DVC stage `sample_multi`: a pair's composition prompts from one variant's model, with regions
+(`--variant <variant>@regions`: the first subject's prompt in multi.regions[0], the second's in [1]) or not."""
+
+import gc
+
+gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
+
+from dreamstudy.augment.dataset import instance_caption
+from dreamstudy.cli import stage_args
+from dreamstudy.data.dataset import load_dataset
+from dreamstudy.layout import BASELINE, DATASET, key_subjects
+from dreamstudy.methods import get_method
+from dreamstudy.models.loading import load_pipeline
+from dreamstudy.multi.prompts import pair_specs
+from dreamstudy.multi.regions import Region, regions_installed
+from dreamstudy.multi.variants import parse_sample_label, variant_method
+from dreamstudy.sampling.sample import generate, speed_up, use_scheduler
+
+
+def main(argv=None) -> None:
+    args, p = stage_args("sample_multi", __doc__, argv)
+    variant, regional = parse_sample_label(args.variant)
+    dataset = load_dataset(DATASET)
+    subjects = [dataset.subjects[name] for name in key_subjects(args.pair)]
+    method, _ = get_method(variant_method(variant), p.train)
+    tokens = [method.token(p.train.identifiers[s.name]) for s in subjects]
+    specs = pair_specs(subjects, tokens=tokens, num_prompts=p.multi.prompts_per_pair,
+                       images_per_prompt=p.multi.images_per_prompt, seed=p.seed)
+    pipe = load_pipeline(p.model.pretrained)
+    method.load_into(pipe, args.layout.model(variant, BASELINE, args.pair))
+    use_scheduler(pipe, p.sample.scheduler)
+    speed_up(pipe, compile=p.sample.compile, channels_last=p.sample.channels_last)
+    resolution = p.model.resolution
+    options = {}
+    if regional:  # each subject's own prompt in its box
+        regions = [Region(box, instance_caption(token, s.class_name))
+                   for box, token, s in zip(p.multi.regions, tokens, subjects, strict=True)]
+        options["around"] = lambda prompts: regions_installed(pipe, regions, prompts, height=resolution,
+                                                              width=resolution, guidance_scale=p.sample.guidance_scale)
+    generate(pipe, specs, args.layout.samples(args.variant, BASELINE, args.pair), resolution=resolution,
+             num_inference_steps=p.sample.num_inference_steps, guidance_scale=p.sample.guidance_scale,
+             batch_size=p.sample.batch_size, **options,
+             extra={"variant": variant, "regions": regional, "subjects": key_subjects(args.pair),
+                    "tokens": tokens, "model": p.model.pretrained, "scheduler": p.sample.scheduler,
+                    "num_inference_steps": p.sample.num_inference_steps})
+
+
+if __name__ == "__main__":
+    main()
