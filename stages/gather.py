@@ -6,12 +6,13 @@ import gc
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
 from dreamstudy.cli import stage_args
-from dreamstudy.metrics.study import gather, grid_runs, read_study_scores, write_metrics
+from dreamstudy.grid import runs
+from dreamstudy.metrics.study import gather, read_study_scores, write_metrics
 
 
 def main(argv=None) -> None:
     args, p = stage_args("gather", __doc__, argv)
-    scores = read_study_scores(args.layout, grid_runs(p, args.study))
+    scores = read_study_scores(args.layout, runs(p, args.study))
     metrics = gather(scores, seed=p.seed, memorization_threshold=p.eval.memorization_threshold,
                      bootstrap_samples=p.eval.bootstrap_samples, confidence=p.eval.confidence, alpha=p.eval.alpha,
                      study=args.study)

@@ -7,15 +7,13 @@ import gc
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
 from dreamstudy.cli import stage_args
-from dreamstudy.layout import BASELINE
+from dreamstudy.grid import runs
 from dreamstudy.metrics.multi_study import multi_stats, multi_tests, read_scores, write_multi_metrics
-from dreamstudy.multi.variants import study_labels
 
 
 def main(argv=None) -> None:
     args, p = stage_args("gather_multi", __doc__, argv)
-    folders = [args.layout.scores(label, BASELINE, pair.key) for label in study_labels(p.multi)
-               for pair in p.multi.pairs]
+    folders = [args.layout.scores(*run) for run in runs(p, args.study)]
     per_image, per_prompt, encoders = read_scores(folders)
     baseline = f"{p.multi.joint[0]}_joint" if p.multi.joint else None  # the first of joint training's variants
     write_multi_metrics(args.layout.metrics, per_image, per_prompt,

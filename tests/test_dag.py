@@ -9,7 +9,7 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
-from dreamstudy import dag
+from dreamstudy import dag, grid
 from dreamstudy.layout import BASELINE, STUDIES, Layout, key_subjects, strategy_label
 from dreamstudy.params import MERGES, METHODS, MULTI_VARIANTS, STRATEGIES, ParamsError, load_params, validate_params
 from tests.helpers import ROOT
@@ -74,14 +74,32 @@ def expected_outs(kind: str, layout: Layout, cell: dict) -> set[str]:
     return {str(path) for path in paths[kind]}
 
 
+def everything() -> dict:
+    """The smoke params with every method, strategy and multi-concept variant, so that each kind and item is there."""
+    return smoke_params(**{"train.methods": list(METHODS), "aug.strategies": list(STRATEGIES),
+                           "ablation.strategies": [s for s in STRATEGIES if s != BASELINE],
+                           "multi.joint": list(METHODS), "multi.merges": {m: list(h) for m, h in MERGES.items()},
+                           "multi.regional": list(MULTI_VARIANTS)})
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    """The smoke DAG with every method, strategy and multi-concept variant, so that each kind and item is there."""
-    raw = smoke_params(**{"train.methods": list(METHODS), "aug.strategies": list(STRATEGIES),
-                          "ablation.strategies": [s for s in STRATEGIES if s != BASELINE],
-                          "multi.joint": list(METHODS), "multi.merges": {m: list(h) for m, h in MERGES.items()},
-                          "multi.regional": list(MULTI_VARIANTS)})
-    return resolved_stages(tmp_path_factory.mktemp("dag"), raw)
+    return resolved_stages(tmp_path_factory.mktemp("dag"), everything())
+
+
+def test_dvc_yaml_builds_the_grid_each_study_gathers(stages):
+    p = validate_params(everything())
+    for study in STUDIES:
+        evaluated = set()
+        for stage in stages:
+            if stage.name == "stage_inputs":
+                continue
+            kind, where, cell = cell_of(stage)
+            if where == study and kind == "evaluate":
+                evaluated.add((cell["method"], strategy_label(cell["strategy"], cell.get("strength")), cell["subject"]))
+            elif where == study and kind == "evaluate_multi":
+                evaluated.add((cell["variant"], BASELINE, cell["pair"]))
+        assert evaluated == set(grid.runs(p, study)), study
 
 
 def test_each_stage_depends_on_its_inputs_file_and_writes_where_the_layout_says(stages):

@@ -10,19 +10,9 @@ import sys
 from pathlib import Path
 
 from dreamstudy.dag import KINDS, ParamsView, view
+from dreamstudy.grid import AXES
 from dreamstudy.layout import BASELINE, Layout, key_subjects, strategy_label
-from dreamstudy.multi.variants import study_labels
 from dreamstudy.params import ParamsError, load_params
-
-# grid item -> the params list it must belong to, per study
-GRIDS = {
-    "main": {"subject": lambda p: p.data.subjects, "strategy": lambda p: p.aug.strategies,
-             "method": lambda p: p.train.methods},
-    "ablation": {"subject": lambda p: p.ablation.subjects, "strategy": lambda p: [BASELINE, *p.ablation.strategies],
-                 "method": lambda p: [p.ablation.method], "strength": lambda p: p.ablation.strengths},
-    "multi": {"pair": lambda p: [pair.key for pair in p.multi.pairs],
-              "variant": lambda p: study_labels(p.multi)},
-}
 
 
 def stage_args(kind: str, description: str, argv=None,
@@ -66,7 +56,7 @@ def stage_args(kind: str, description: str, argv=None,
             raise ParamsError(f"--strength is for the ablation's augmentation strategies only ({BASELINE!r}, "
                               "the main study and whole-study stages take none)")
         for item in [*items, "strength"] if graded else items:
-            value, valid = getattr(args, item), GRIDS[args.study][item](params)
+            value, valid = getattr(args, item), AXES[args.study][item](params)
             if item == KINDS[kind].by and KINDS[kind].items is not None:  # e.g. train_multi: joint variants only
                 valid = [v for v in valid if v in KINDS[kind].items]
             if value not in valid:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 STUDIES = ("main", "ablation", "multi")
 BASELINE = "none"  # the original images: what every strategy is compared with, in both studies
+Run = tuple[str, str, str]  # (method or multi-concept variant, strategy folder, subject or pair key)
 PAIR_JOIN = "+"  # a run's subjects in its key: "dog" alone, "dog+bear_plushie" for a pair (no subject has a +)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from dreamstudy.io import atomic_dir, write_json
+from dreamstudy.layout import Run
 from dreamstudy.metrics.tables import (
     DIV_COLUMNS,
     IMAGE_SCORE_COLUMNS,
@@ -27,7 +28,6 @@ from dreamstudy.metrics.tables import (
     read_table,
 )
 
-Run = tuple[str, str, str]  # (method, strategy folder, subject)
 COLUMNS = {"per_image": IMAGE_SCORE_COLUMNS, "div": DIV_COLUMNS, "pres": PRES_COLUMNS,
            "real_images": REAL_IMAGE_COLUMNS}
 ENCODERS = "encoders.json"

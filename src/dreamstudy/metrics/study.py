@@ -4,7 +4,6 @@ memorization threshold, bootstrap intervals and tests against `none` applied her
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from dreamstudy.io import atomic_dir, write_json
-from dreamstudy.layout import BASELINE, Layout, parse_strategy_label, strategy_label
+from dreamstudy.layout import Layout, parse_strategy_label
 from dreamstudy.metrics.registry import METRICS
 from dreamstudy.metrics.scores import ENCODERS, Run, RunScores, read_scores
 from dreamstudy.metrics.statistics import bootstrap_table, wilcoxon_table
@@ -34,16 +33,6 @@ class StudyMetrics:
     summary: dict
     headline: dict
     encoders: dict
-
-
-def grid_runs(params, study: str) -> list[Run]:
-    """The (method, strategy folder, subject) runs of the main study or of the ablation grid (its baseline,
-    `none` once per subject, and every strategy at every strength)."""
-    if study == "ablation":
-        a = params.ablation
-        labels = [BASELINE, *(strategy_label(s, x) for s, x in itertools.product(a.strategies, a.strengths))]
-        return list(itertools.product([a.method], labels, a.subjects))
-    return list(itertools.product(params.train.methods, params.aug.strategies, params.data.subjects))
 
 
 def read_study_scores(layout: Layout, runs: list[Run]) -> list[RunScores]:
