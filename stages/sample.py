@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     speed_up(pipe, compile=p.sample.compile, channels_last=p.sample.channels_last)  # after the weights load
     generate(pipe, specs, args.layout.samples(*cell), resolution=p.model.resolution,
              num_inference_steps=p.sample.num_inference_steps, guidance_scale=p.sample.guidance_scale,
-             batch_size=p.sample.batch_size,
+             batch_size=p.sample.batch_size, model_dir=args.layout.model(*cell),
              class_specs=class_images(subject.class_name, p.sample.pres_images, p.seed),
              extra={"class": subject.class_name, "method": args.method, "strategy": args.label,
                     "strength": args.strength, "identifier": token, "model": p.model.pretrained,

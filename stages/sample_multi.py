@@ -26,8 +26,9 @@ def main(argv=None) -> None:
     tokens = [method.token(p.train.identifiers[s.name]) for s in subjects]
     specs = pair_specs(subjects, tokens=tokens, num_prompts=p.multi.prompts_per_pair,
                        images_per_prompt=p.multi.images_per_prompt, seed=p.seed)
+    model_dir = args.layout.model(variant, BASELINE, args.pair)
     pipe = load_pipeline(p.model.pretrained)
-    method.load_into(pipe, args.layout.model(variant, BASELINE, args.pair))
+    method.load_into(pipe, model_dir)
     use_scheduler(pipe, p.sample.scheduler)
     speed_up(pipe, compile=p.sample.compile, channels_last=p.sample.channels_last)
     resolution = p.model.resolution
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
                                                               width=resolution, guidance_scale=p.sample.guidance_scale)
     generate(pipe, specs, args.layout.samples(args.variant, BASELINE, args.pair), resolution=resolution,
              num_inference_steps=p.sample.num_inference_steps, guidance_scale=p.sample.guidance_scale,
-             batch_size=p.sample.batch_size, **options,
+             batch_size=p.sample.batch_size, model_dir=model_dir, **options,
              extra={"variant": variant, "regions": regional, "subjects": key_subjects(args.pair),
                     "tokens": tokens, "model": p.model.pretrained, "scheduler": p.sample.scheduler,
                     "num_inference_steps": p.sample.num_inference_steps})

@@ -69,6 +69,6 @@ def train_run(p, *, run: str, method_name: str, subjects: Sequence, training_set
     parts = load_components(p.model.pretrained, tokenizer=tokenizer)
     train(method, schedule, parts, concepts, resolution=p.model.resolution, seed=derive_seed(p.seed, "train", run),
           optimization=Optimization.of(getattr(p.train, method_name)), hardware=hardware,
-          checkpointing=checkpointing, log=log)
+          checkpointing=checkpointing, log=log, name=run)
     with atomic_dir(out_dir) as tmp:
         method.save(parts, tmp)

@@ -12,6 +12,8 @@
 - Resume: every random draw of step s comes from a generator seeded with (seed, s), so a checkpoint
   needs only the trainable weights, the optimizer and LR-scheduler states and the step to continue
   bit-identically on CPU.
+- Non-finite values stop training (NonFiniteTrainingError): a NaN or infinite loss at the step it appears,
+  non-finite trained weights before a checkpoint or the model is saved. Nothing non-finite is ever written.
 """
 
 from __future__ import annotations
@@ -303,6 +305,59 @@ def concept_tokens(method: Method, tokenizer, concepts: Sequence[Concept]) -> li
     return tokens
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training met a NaN or infinite loss or trained weight; it stopped there, and saved nothing of it."""
+
+
+LIKELY_CAUSES = ("Likely causes: corrupted base weights (a damaged weights file of model.pretrained: rebuild or "
+                 "re-download it), a learning rate too high (lower train.<method>.lr), or fp16 overflow (set "
+                 "train.mixed_precision to bf16 or fp32).")
+
+
+def finite_flags(tensors: Sequence[torch.Tensor]) -> list[bool]:
+    """Whether each tensor is free of NaN and infinity: one pass over them, one device sync for all."""
+    if not tensors:
+        return []
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
+
+
+def named_weights(parts) -> list[tuple[str, torch.nn.Parameter]]:
+    return [named for part in ("unet", "text_encoder", "vae")
+            for named in getattr(parts, part).named_parameters(prefix=part)]
+
+
+def non_finite_loss_error(value: float, step: int, where: str, parts,
+                          trainable: list[torch.nn.Parameter]) -> NonFiniteTrainingError:
+    """The error for a non-finite loss at `step`, naming the frozen weights that explain it if there are any
+    (looked for only now that training fails: never on a normal step)."""
+    trained = {id(p) for p in trainable}
+    frozen = [(name, p) for name, p in named_weights(parts) if id(p) not in trained]
+    bad = [name for (name, _), ok in zip(frozen, finite_flags([p for _, p in frozen]), strict=True) if not ok]
+    if bad:
+        part = getattr(parts, bad[0].split(".")[0])
+        # diffusers models keep the folder they loaded from in config._name_or_path, transformers models in name_or_path
+        source = getattr(part, "name_or_path", None) or getattr(part.config, "_name_or_path", None) or "unknown"
+        cause = (f"The base model's frozen weights are not finite ({len(bad)} tensor(s), e.g. {bad[0]}, loaded from "
+                 f"{source}): its weights files are corrupted; rebuild or re-download model.pretrained.")
+    else:
+        cause = LIKELY_CAUSES
+    return NonFiniteTrainingError(f"{where}: the loss is {value} at step {step} (counted from 0, as in the loss "
+                                  f"log); training stopped and saved nothing. {cause}")
+
+
+def check_trained_weights(trainable: list[torch.nn.Parameter], parts, steps_done: int, where: str) -> None:
+    """NonFiniteTrainingError if a trained weight holds a NaN or an infinity, so that it is never saved.
+    One pass over the trained weights: called before each save, not every step."""
+    bad = [i for i, ok in enumerate(finite_flags(trainable)) if not ok]
+    if not bad:
+        return
+    names = {id(p): name for name, p in named_weights(parts)}
+    first = names.get(id(trainable[bad[0]]), f"trained parameter {bad[0]}")
+    raise NonFiniteTrainingError(f"{where}: after {steps_done} step(s), {len(bad)} trained weight tensor(s) hold "
+                                 f"NaN or infinity (e.g. {first}); training stopped before saving them. "
+                                 f"{LIKELY_CAUSES}")
+
+
 def make_accelerator(mixed_precision: str) -> Accelerator:
     # accelerate keeps one state per process and refuses a second precision in it (a notebook or a test
     # that trains twice), while ours is a per-run setting: that state is cleared first. The process's
@@ -347,9 +402,14 @@ def enable_gradient_checkpointing(parts, text_encoder: bool) -> None:
 
 def train(method: Method, schedule: Schedule, parts, concepts: Sequence[Concept], *, resolution: int, seed: int,
           optimization: Optimization = Optimization(), hardware: Hardware = Hardware(),
-          checkpointing: Checkpointing | None = None, log: Callable[[int, float], None] | None = None) -> None:
+          checkpointing: Checkpointing | None = None, log: Callable[[int, float], None] | None = None,
+          name: str | None = None) -> None:
     """Train `method` on `concepts` (one, or several jointly); `parts` (models.loading.Components) are changed
-    in place."""
+    in place. `name` (e.g. the run's key) names the run in errors.
+
+    NonFiniteTrainingError at the first non-finite loss, and before saving non-finite trained weights (a
+    checkpoint, or the weights this returns for the caller to save)."""
+    where = f"training run {name!r}" if name else "training"
     tokens = concept_tokens(method, parts.tokenizer, concepts)
     accelerator = make_accelerator(hardware.mixed_precision)
     models = (parts.unet, parts.vae, parts.text_encoder)
@@ -400,12 +460,21 @@ def train(method: Method, schedule: Schedule, parts, concepts: Sequence[Concept]
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         method.after_step(parts)
-        losses.append(loss.item())
+        # The loss is checked, not the gradients. With fp16, accelerate's gradient scaler skips a step whose
+        # (scaled) gradients overflow and lowers its scale (accelerator.optimizer_step_was_skipped): a normal
+        # event, whose loss is finite. A non-finite loss means the forward pass itself failed. Its value is
+        # needed for the log anyway, so the check adds no device sync to a step.
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise non_finite_loss_error(loss_value, step, where, parts, trainable)
+        losses.append(loss_value)
         if log is not None:
             log(step, losses[-1])
         done = step + 1
         if checkpointing and done % checkpointing.every == 0 and done < schedule.steps:
+            check_trained_weights(trainable, parts, done, where)
             checkpoint.save(checkpointing, done, trainable, optimizer, lr_scheduler, losses)
+    check_trained_weights(trainable, parts, schedule.steps, where)  # the caller saves them next
     if checkpointing:
         checkpoint.clear(checkpointing)
     parts.unet.eval()

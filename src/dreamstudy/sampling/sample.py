@@ -5,7 +5,10 @@ is sampled from the same initial noise and their images can be compared pair by 
 Throughput: each pipeline call draws `batch_size` images of mixed prompts, and diffusers' pipeline runs
 classifier-free guidance as one UNet call on the unconditional and conditional halves together (2 x batch
 rows per denoising step). Attention is PyTorch's scaled_dot_product_attention (SDPA), checked by `speed_up`,
-which also applies sample.channels_last and sample.compile."""
+which also applies sample.channels_last and sample.compile.
+
+A pipeline with a NaN or infinite weight draws black images without any error: `generate` refuses one
+(NonFiniteWeightsError) before drawing anything."""
 
 from __future__ import annotations
 
@@ -27,6 +30,33 @@ SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMult
               "euler": EulerDiscreteScheduler}
 # Attention processors that call torch.nn.functional.scaled_dot_product_attention
 SDPA_PROCESSORS = (AttnProcessor2_0, CustomDiffusionAttnProcessor2_0)
+
+
+class NonFiniteWeightsError(ValueError):
+    """A model to sample from holds NaN or infinite weights."""
+
+
+def check_finite(pipe: StableDiffusionPipeline, where: str | Path | None = None) -> None:
+    """NonFiniteWeightsError, naming the part, a tensor, the folder it loaded from and `where` (e.g. the
+    fine-tuned model's folder), if the UNet, text encoder or VAE holds a NaN or an infinity.
+
+    One pass over the weights and one device sync per model: little beside drawing a single image."""
+    for part in ("unet", "text_encoder", "vae"):
+        model = getattr(pipe, part)
+        named = list(model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
+        bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+        if not bad:
+            continue
+        # diffusers models keep their source in config._name_or_path, transformers models in name_or_path;
+        # fine-tuned weights loaded on top (LoRA, a token's embedding) are named by `where`
+        source = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or "unknown"
+        model_dir = f"the model in {where}" if where else "the pipeline"
+        raise NonFiniteWeightsError(
+            f"refusing to sample from {model_dir}: its {part} holds NaN or infinite weights ({len(bad)} of "
+            f"{len(named)} tensors, e.g. {bad[0]}; {part} loaded from {source}), and would draw black images. "
+            "Likely causes: a corrupted weights file (rebuild or re-download model.pretrained) or a model "
+            "trained into NaN (retrain it).")
 
 
 def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
@@ -95,12 +125,17 @@ def render(pipe: StableDiffusionPipeline, specs, folder: Path, *, resolution: in
 def generate(pipe: StableDiffusionPipeline, specs: list[SampleSpec], out_dir: str | Path, *, resolution: int,
              num_inference_steps: int, guidance_scale: float, batch_size: int, extra: dict,
              class_specs: list = (),
-             around: Callable[[list[str]], AbstractContextManager] = lambda prompts: nullcontext()) -> None:
+             around: Callable[[list[str]], AbstractContextManager] = lambda prompts: nullcontext(),
+             model_dir: str | Path | None = None) -> None:
     """Render `specs` into `out_dir` with samples.jsonl; `extra` fields (method, ...) join every row.
 
     `class_specs` (sampling.priors.ClassImage: "a photo of a dog" with the class images' own seeds) go
     to out_dir/pres/ with pres.jsonl: prior preservation (PRES) compares them with the base model's
-    class images of the same seeds."""
+    class images of the same seeds.
+
+    NonFiniteWeightsError, before anything is drawn or written, if a weight of `pipe` is not finite;
+    `model_dir` (the fine-tuned model's folder, if any) is named in it."""
+    check_finite(pipe, model_dir)
     with atomic_dir(out_dir) as tmp:
         settings = dict(resolution=resolution, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, batch_size=batch_size)
