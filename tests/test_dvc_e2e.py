@@ -172,7 +172,9 @@ def test_one_subjects_identifier_reruns_that_subjects_stages_only(smoke):
     main = {"augment@dog-none", "augment@dog-classic", *grid("train", subjects=["dog"]),
             *grid("sample", subjects=["dog"])}
     assert main <= changed
-    assert all(re.match(r"(augment|train|sample)_ablation(_none)?@dog\b", stage) for stage in changed - main)
+    # the ablation's dog stages, and the multi-concept study's of the pair with dog (the smoke's pair0)
+    assert all(re.match(r"(augment|train|sample)_ablation(_none)?@dog\b|(train|sample)_multi\w*@pair0-", stage)
+               for stage in changed - main)
 
 
 def test_the_strength_reruns_only_graded_augmentations(smoke):
@@ -209,6 +211,8 @@ def kind_of(stage: str) -> str:
     name, _, cell = stage.partition("@")
     if "_multi" in name:
         kind, _, source = name.partition("_multi")
+        if dag.KINDS[f"{kind}_multi"].by is None:
+            return f"multi/{kind}_multi"
         item = cell.split("-", 1)[1]
         source = source.removeprefix("_")
         variant = {"": f"{item}_joint", "joint": f"{item}_joint", "regions": f"{item}@regions"}.get(

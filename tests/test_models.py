@@ -98,7 +98,10 @@ def test_tiny_pipeline_generates_requested_size(tiny_folder):
 
 def test_tiny_build_is_bit_identical_per_seed(tiny_folder, tmp_path):
     build_random_pipeline(tmp_path / "same", seed=loading.TINY_SEED)
-    assert file_hashes(tmp_path / "same") == file_hashes(tiny_folder)
+    built = file_hashes(tiny_folder)
+    assert file_hashes(tmp_path / "same") == {name: h for name, h in built.items() if name != loading.MANIFEST}
+    loading.write_manifest(tmp_path / "same")
+    assert file_hashes(tmp_path / "same") == built  # the manifest too: no timestamps
     build_random_pipeline(tmp_path / "other", seed=loading.TINY_SEED + 1)
     unet_weights = "unet/diffusion_pytorch_model.safetensors"
     assert file_hashes(tmp_path / "other")[unet_weights] != file_hashes(tiny_folder)[unet_weights]
@@ -129,6 +132,7 @@ def test_concurrent_tiny_builders_keep_one_complete_folder(tmp_path, monkeypatch
         (folder / "model_index.json").write_text("loser")
         final.mkdir()  # the other builder renames its complete folder into place first
         (final / "model_index.json").write_text("winner")
+        loading.write_manifest(final)
 
     monkeypatch.setattr(tiny, "build_random_pipeline", build_while_another_finishes)
     assert Path(resolve_pretrained("tiny")) == final

@@ -8,6 +8,7 @@ files. The output folder appears only when all of it is written (atomic_dir).
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +29,10 @@ EMBEDDED_SHA256 = EMBEDDED_DIR / "SHA256SUMS"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 PROMPTS_FILE = "prompts_and_classes.txt"
 LICENCE_FILES = ("LICENSE.md", "references_and_licenses.txt")  # CC-BY 4.0: keep them with any copy
+# What operating systems leave in a folder copied or unzipped there: skipped wherever it is, with a note.
+OS_LEFTOVER_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})  # compared lower-case, as Windows does
+OS_LEFTOVER_FOLDERS = frozenset({"__MACOSX"})  # macOS's zip: resource forks of the other files
+APPLEDOUBLE_PREFIX = "._"  # macOS's resource fork of a file, on a filesystem without them
 
 
 def fetch_dreambench(source: str, out_dir: str | Path, *, image_size: int,
@@ -58,10 +63,12 @@ def _locate(source: str, local_path, cache_dir) -> tuple[Path, Path]:
     if source == "github":
         return github_dataset(cache_dir), DREAMBENCH_SHA256
     if source == "local":
-        if not local_path or not Path(local_path).is_dir():
+        # `~` expanded here, where the path is used: params and the DAG keep it as written, the same on
+        # every machine (an expanded home folder would rerun the study on another one)
+        if not local_path or not Path(local_path).expanduser().is_dir():
             raise DataError(f"data.local_path {local_path!r}: not a folder (source 'local' needs a copy of "
                             "DreamBench's dataset/ folder there)")
-        return Path(local_path), DREAMBENCH_SHA256
+        return Path(local_path).expanduser(), DREAMBENCH_SHA256
     if source == "embedded":
         if not EMBEDDED_SHA256.is_file():
             raise DataError(f"{EMBEDDED_DIR}: embedded DreamBench not found; it ships with the git checkout, "
@@ -71,18 +78,30 @@ def _locate(source: str, local_path, cache_dir) -> tuple[Path, Path]:
 
 
 def _check_layout(dataset_dir: Path, expected: dict[str, str], checksum_file: Path) -> None:
-    """Fail on unknown folders, non-image files, and files missing from or absent in the checksum list."""
-    present = set()
+    """Fail on unknown folders, non-image files, and files missing from or absent in the checksum list.
+
+    What operating systems leave in a copied folder is skipped, and named in one line on stderr."""
+    present, leftovers = set(), []
     for entry in sorted(dataset_dir.iterdir()):
-        if not entry.is_dir():
+        if _is_os_leftover(entry):
+            leftovers.append(entry)
+        elif not entry.is_dir():
             present.add(entry.name)
-            continue
-        if entry.name not in SUBJECTS:
+        elif entry.name not in SUBJECTS:
             raise DataError(f"{entry}: unknown subject folder (DreamBench has {sorted(SUBJECTS)})")
-        for file in sorted(entry.iterdir()):
-            if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{file}: not an image file, in the folder of subject {entry.name!r}")
-            present.add(f"{entry.name}/{file.name}")
+        else:
+            for file in sorted(entry.iterdir()):
+                if _is_os_leftover(file):
+                    leftovers.append(file)
+                elif not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise DataError(f"{file}: not an image file, in the folder of subject {entry.name!r}")
+                else:
+                    present.add(f"{entry.name}/{file.name}")
+    if leftovers:
+        names = ", ".join(entry.relative_to(dataset_dir).as_posix() + "/" * entry.is_dir() for entry in leftovers[:5])
+        names += ", ..." if len(leftovers) > 5 else ""  # a copy onto a FAT drive has a ._ file per image
+        print(f"dreamstudy: {dataset_dir}: ignored {len(leftovers)} leftover(s) of an operating system: {names}",
+              file=sys.stderr)
     if checksum_file.parent == dataset_dir:  # the embedded copy lists its files beside them
         present.discard(checksum_file.name)
 
@@ -93,6 +112,13 @@ def _check_layout(dataset_dir: Path, expected: dict[str, str], checksum_file: Pa
     unlisted = sorted(present - expected.keys())
     if unlisted:
         raise DataError(f"{dataset_dir / unlisted[0]}: not in the checksum list {checksum_file}")
+
+
+def _is_os_leftover(entry: Path) -> bool:
+    """Finder's, Explorer's and macOS zip's own files (never DreamBench's), wherever they are in a copy."""
+    if entry.is_dir():
+        return entry.name in OS_LEFTOVER_FOLDERS
+    return entry.name.lower() in OS_LEFTOVER_FILES or entry.name.startswith(APPLEDOUBLE_PREFIX)
 
 
 def _verified(dataset_dir: Path, relative: str, expected: dict[str, str]) -> bytes:

@@ -40,6 +40,7 @@ class EmbeddingCache:
         self.encoders = encoders
         self.root = None if root is None else Path(root)
         self._memory: dict[tuple[str, str], torch.Tensor] = {}
+        self._writable = self.root is not None  # until a write fails
 
     def images(self, which: str, paths: Sequence[str | Path]) -> torch.Tensor:
         """[N, D] L2-normalised embeddings of the image files, by encoder `which` ("clip" or "dino")."""
@@ -71,7 +72,15 @@ class EmbeddingCache:
 
     def _store(self, key: str, digest: str, embedding: torch.Tensor) -> None:
         self._memory[key, digest] = embedding = embedding.detach().cpu().contiguous()
-        if self.root is not None:
+        if not self._writable:
+            return
+        try:
             # atomic: another stage reading the cache never sees half a file
             with atomic_file(self._file(key, digest), "wb") as handle:
                 handle.write(save({TENSOR: embedding}))
+        except OSError as err:
+            # The cache only saves time: a folder that cannot be written (read-only, full, not a folder) must not
+            # stop an evaluation. What it already holds is still read.
+            self._writable = False
+            warnings.warn(f"{self.root}: embedding cache not writable ({type(err).__name__}: {err}); new "
+                          "embeddings are kept in memory only, for this run")

@@ -1,7 +1,8 @@
 """Turn `model.pretrained` (hub id, local diffusers folder, or a built-in random-init model) into SD 1.x parts.
 
 Built-in: "tiny" (smoke runs, seconds on a CPU) and "sd15-random" (SD 1.5's exact architecture, to measure
-memory and speed at the real size); both are random-init, built once into the model cache.
+memory and speed at the real size); both are random-init, built once into the model cache, and checked
+against the manifest of their files before each use (built again when they do not match).
 
 Weights only ever come from safetensors files (never unpickled), and every way they can fail to load
 (offline, unknown or gated id) ends in one `ModelLoadError` that says how to get them.
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +38,12 @@ TINY_SEED = 0
 TINY_BUILD_VERSION = 1
 # Their versions can change the tiny model's bytes (init, serialisation, vocabulary).
 TINY_LIBRARIES = ("torch", "diffusers", "transformers", "open_clip_torch")
+MANIFEST = "manifest.json"  # in a built folder: its files' sizes and sha256, written last
+# Above this size a built folder is checked by its files' sizes only, which catches the usual damage (a truncated
+# copy, a full disk, an interrupted write), not a changed byte. Hashing is cheap for the tiny model (16 MB, ~12 ms)
+# but not for sd15-random (4.3 GB: measured 2.9 s with the files in the page cache, 5.7 s not, on a 2-core machine),
+# which would cost as much as loading it in every process that uses it.
+HASH_LIMIT_BYTES = 256 * 2**20
 
 
 class ModelLoadError(RuntimeError):
@@ -65,30 +73,89 @@ def random_model_fingerprint(name: str = TINY) -> str:
 
 
 def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
-    """`folder`, built by `build` on first use in a temporary sibling and renamed into place.
+    """`folder`, built by `build` on first use in a temporary sibling, with a manifest of its files, and
+    renamed into place; built again (one line on stderr) when it no longer matches its manifest.
 
     The rename is atomic, so the folder is complete or absent, and of two concurrent builders the
     later one finds it taken and discards its copy.
     """
     if folder.is_dir():
-        return folder
+        damage = built_folder_damage(folder)
+        if damage is None:
+            return folder
+        print(f"dreamstudy: {damage}; rebuilding {folder}", file=sys.stderr)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         build(tmp)
-        os.rename(tmp, folder)
-    except OSError:
-        if not folder.is_dir():
-            raise
+        write_manifest(tmp)
+        _install(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
+def _install(tmp: Path, folder: Path) -> None:
+    """Rename `tmp` to `folder`. A damaged folder there is first moved aside whole, so that another process
+    finds the folder damaged or absent, never half-deleted; one another builder has repaired meanwhile stays."""
+    if folder.is_dir() and built_folder_damage(folder) is not None:
+        damaged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.damaged.", suffix=".tmp", dir=folder.parent))
+        with contextlib.suppress(FileNotFoundError):  # another builder moved it first
+            os.replace(folder, damaged)
+        shutil.rmtree(damaged, ignore_errors=True)
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()  # in chunks: sd15-random's UNet is 3.4 GB
+
+
+def write_manifest(folder: Path) -> None:
+    """List every file of built folder `folder` with its size and sha256 in MANIFEST, written last: a folder
+    without one is incomplete. Sorted and without timestamps, so the same build gives the same bytes."""
+    files = {path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+             for path in sorted(folder.rglob("*")) if path.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+
+
+def built_folder_damage(folder: Path) -> str | None:
+    """What of built folder `folder` does not match its manifest, naming the file; None when all of it does.
+
+    Sizes are always checked; sha256 only for folders up to HASH_LIMIT_BYTES (see there)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"{folder / MANIFEST}: missing (the build did not finish, or predates manifests)"
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{folder / MANIFEST}: unreadable ({type(err).__name__}: {err})"
+    for name, expected in files.items():
+        try:
+            size = (folder / name).stat().st_size
+        except FileNotFoundError:
+            return f"{folder / name}: missing (listed in {MANIFEST})"
+        if size != expected["bytes"]:
+            return f"{folder / name}: {size} bytes, {MANIFEST} says {expected['bytes']}"
+    if sum(expected["bytes"] for expected in files.values()) <= HASH_LIMIT_BYTES:
+        for name, expected in files.items():
+            if _sha256(folder / name) != expected["sha256"]:
+                return f"{folder / name}: sha256 differs from {MANIFEST}'s"
+    return None
+
+
+def random_model_path(name: str = TINY) -> Path:
+    """Where a built-in model's folder is in the model cache, built or not."""
+    return cache_dir() / f"{name}-{random_model_fingerprint(name)}"
+
+
 def random_model_folder(name: str = TINY) -> Path:
     """A built-in model's folder in the model cache, built on first use (sd15-random: 4.3 GB, about a minute)."""
     architecture = RANDOM_MODELS[name].ARCHITECTURE
-    return build_once(cache_dir() / f"{name}-{random_model_fingerprint(name)}",
+    return build_once(random_model_path(name),
                       lambda tmp: tiny.build_random_pipeline(tmp, architecture, seed=TINY_SEED))
 
 
@@ -124,6 +191,12 @@ def _explain_load_failure(pretrained: str) -> Iterator[None]:
     try:
         yield
     except (OSError, HFValidationError) as err:
+        if pretrained in RANDOM_MODELS:  # built here, offline: no download or other setting gets it
+            raise ModelLoadError(
+                f"cannot load the built-in model '{pretrained}' from {random_model_path(pretrained)} "
+                f"({type(err).__name__}: {err}).\nIt is built here, offline: delete that folder and the next run "
+                "builds it again."
+            ) from err
         raise ModelLoadError(
             f"cannot load Stable Diffusion weights '{pretrained}' ({type(err).__name__}: {err}).\n"
             "To get them, do one of:\n"
@@ -131,7 +204,8 @@ def _explain_load_failure(pretrained: str) -> Iterator[None]:
             "  - for a gated model, log in with `hf auth login` and accept its licence on its hub page;\n"
             "  - set HF_HOME to a Hugging Face cache that already holds them;\n"
             "  - set model.pretrained to a local diffusers folder (one with model_index.json);\n"
-            "  - or set `model.pretrained: tiny` (or sd15-random, SD 1.5's size) for a built-in offline random-init model."
+            "  - or set `model.pretrained: tiny` (or sd15-random, SD 1.5's size) for a built-in offline "
+            "random-init model."
         ) from err
 
 

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from huggingface_hub.errors import HFValidationError
 
-from dreamstudy.models.loading import (RANDOM_MODELS, TINY, ModelLoadError, build_once, cache_dir,
-                                      random_model_fingerprint, random_model_folder)
+from dreamstudy.models.loading import (
+    RANDOM_MODELS,
+    TINY,
+    ModelLoadError,
+    build_once,
+    cache_dir,
+    random_model_fingerprint,
+    random_model_folder,
+)
 from dreamstudy.models.tiny import CONDITIONING_CHANNELS
 
 TINY_CONTROLNET_SEED = 0
@@ -47,7 +55,8 @@ def tiny_controlnet_fingerprint(name: str = TINY) -> str:
 
 
 def tiny_controlnet_folder(name: str = TINY) -> Path:
-    """The ControlNet of built-in model `name` in the model cache, next to the model's, built on first use."""
+    """The ControlNet of built-in model `name` in the model cache, next to the model's, built on first use
+    (and again when it does not match its manifest, as the model's folder)."""
     def build(tmp: Path) -> None:
         unet = UNet2DConditionModel.from_pretrained(random_model_folder(name), subfolder="unet", use_safetensors=True)
         build_tiny_controlnet(tmp, unet, conditioning_channels=RANDOM_MODELS[name].CONDITIONING_CHANNELS)
@@ -58,10 +67,15 @@ def load_controlnet(name: str, *, torch_dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu") -> ControlNetModel:
     """A ControlNet from a hub id or local folder, or the built-in one of a built-in model's name;
     ModelLoadError if it cannot be had."""
-    source = str(tiny_controlnet_folder(name)) if name in RANDOM_MODELS else name
+    source = str(tiny_controlnet_folder(name)) if name in RANDOM_MODELS else os.path.expanduser(name)
     try:
         controlnet = ControlNetModel.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)
     except (OSError, HFValidationError) as err:
+        if name in RANDOM_MODELS:  # built here, offline: no download or other setting gets it
+            raise ModelLoadError(
+                f"cannot load the built-in ControlNet of '{name}' from {source} ({type(err).__name__}: {err}).\n"
+                "It is built here, offline: delete that folder and the next run builds it again."
+            ) from err
         raise ModelLoadError(
             f"cannot load ControlNet weights '{name}' ({type(err).__name__}: {err}).\n"
             "To get them, do one of:\n"
