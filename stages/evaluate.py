@@ -5,7 +5,7 @@ import gc
 
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
-from dreamstudy.cli import stage_args
+from dreamstudy.cli import run_stage, stage_args
 from dreamstudy.layout import DATASET
 from dreamstudy.metrics.run import evaluate_run
 from dreamstudy.metrics.scores import write_scores
@@ -20,4 +20,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,7 +7,7 @@ gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
 import torch
 
-from dreamstudy.cli import stage_args
+from dreamstudy.cli import run_stage, stage_args
 from dreamstudy.io import atomic_dir, write_json
 from dreamstudy.layout import BASELINE, DATASET, key_subjects
 from dreamstudy.metrics.cache import EmbeddingCache, default_cache_root
@@ -35,4 +35,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,7 +6,7 @@ import gc
 
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
-from dreamstudy.cli import stage_args
+from dreamstudy.cli import run_stage, stage_args
 from dreamstudy.grid import runs
 from dreamstudy.metrics.multi_study import multi_stats, multi_tests, read_scores, write_multi_metrics
 
@@ -22,4 +22,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

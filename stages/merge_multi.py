@@ -6,7 +6,7 @@ import gc
 
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
-from dreamstudy.cli import stage_args
+from dreamstudy.cli import run_stage, stage_args
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import atomic_dir
 from dreamstudy.layout import BASELINE, Layout, key_subjects
@@ -25,4 +25,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -5,7 +5,7 @@ import gc
 
 gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
-from dreamstudy.cli import stage_args
+from dreamstudy.cli import run_stage, stage_args
 from dreamstudy.trainset import write_prior_set
 
 
@@ -20,4 +20,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,9 +7,10 @@ gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
 import argparse
 
+from dreamstudy.cli import run_stage
 from dreamstudy.dag import INPUTS, stage_inputs
 from dreamstudy.io import atomic_dir, write_json
-from dreamstudy.params import ParamsError, load_params
+from dreamstudy.params import load_params
 
 
 def main(argv=None) -> None:
@@ -18,15 +19,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as err:
-        raise SystemExit(f"error: {err}") from None
-    files = stage_inputs(params)
+    files = stage_inputs(load_params(args.params))
     with atomic_dir(INPUTS) as tmp:
         for path, record in files.items():
             write_json(tmp / path.relative_to(INPUTS), record)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,7 +7,7 @@ gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
 from dvclive import Live
 
-from dreamstudy.cli import stage_args
+from dreamstudy.cli import run_stage, stage_args
 from dreamstudy.data.dataset import load_dataset
 from dreamstudy.layout import BASELINE, DATASET, Layout, key_subjects
 from dreamstudy.methods.run import train_run
@@ -32,4 +32,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,12 +7,23 @@ import argparse
 import atexit
 import gc
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from dreamstudy.dag import KINDS, ParamsView, view
+from dreamstudy.errors import StudyError
 from dreamstudy.grid import AXES
 from dreamstudy.layout import BASELINE, Layout, key_subjects, strategy_label
 from dreamstudy.params import ParamsError, load_params
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's `main`: an expected failure (dreamstudy.errors.StudyError: params, data, models, a run
+    that diverged) is one `error:` line on stderr and exit status 1; a bug keeps its traceback."""
+    try:
+        main()
+    except StudyError as err:
+        sys.exit(f"error: {err}")
 
 
 def stage_args(kind: str, description: str, argv=None,

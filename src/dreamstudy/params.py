@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dreamstudy.data.dreambench import SUBJECTS
+from dreamstudy.errors import StudyError
 from dreamstudy.layout import BASELINE, pair_key
 from dreamstudy.models.tokenizer import check_identifier
 from dreamstudy.multi.boxes import check_box
@@ -38,7 +39,7 @@ FUSION_SOLVERS = ("closed_form", "lbfgs")
 DREAMBENCH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
 
 
-class ParamsError(ValueError):
+class ParamsError(StudyError, ValueError):
     """params.yaml (or a -S override) does not fit the schema."""
 
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from dreamstudy.errors import StudyError
+
 # subject -> class noun, as in prompts_and_classes.txt; `fetch_data` checks the file against this table.
 SUBJECTS: dict[str, str] = {
     "backpack": "backpack", "backpack_dog": "backpack", "bear_plushie": "stuffed animal",
@@ -41,7 +43,7 @@ _PROMPT_LINE = re.compile(
     r"""^(?P<literal>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\.format\(unique_token,\s*class_token\),?$""")
 
 
-class DataError(ValueError):
+class DataError(StudyError, ValueError):
     """DreamBench input or output is missing, corrupt or not what this study expects."""
 
 

@@ -35,6 +35,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from dreamstudy.errors import StudyError
 from dreamstudy.methods import checkpoint
 from dreamstudy.methods.registry import Method, Schedule
 from dreamstudy.seeding import derive_seed
@@ -305,7 +306,7 @@ def concept_tokens(method: Method, tokenizer, concepts: Sequence[Concept]) -> li
     return tokens
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(StudyError, RuntimeError):
     """Training met a NaN or infinite loss or trained weight; it stopped there, and saved nothing of it."""
 
 

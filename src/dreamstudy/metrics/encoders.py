@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
+from dreamstudy.errors import StudyError
 from dreamstudy.metrics.diversity import LPIPS_NET, load_lpips
 
 CLIP_ARCH, CLIP_WEIGHTS = "ViT-B-32", "openai"
@@ -42,7 +43,7 @@ CLIP_PREPROCESS = _preprocess(224, 224, open_clip.OPENAI_DATASET_MEAN, open_clip
 DINO_PREPROCESS = _preprocess(256, 224, timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD)
 
 
-class EncoderLoadError(RuntimeError):
+class EncoderLoadError(StudyError, RuntimeError):
     """Pretrained encoder weights could not be loaded (typically: no internet and no cache)."""
 
 

@@ -27,6 +27,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from huggingface_hub.errors import HFValidationError
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from dreamstudy.errors import StudyError
 from dreamstudy.layout import cache_dir
 from dreamstudy.models import sd15, tiny
 
@@ -46,7 +47,7 @@ MANIFEST = "manifest.json"  # in a built folder: its files' sizes and sha256, wr
 HASH_LIMIT_BYTES = 256 * 2**20
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(StudyError, RuntimeError):
     """The pretrained model named in params.yaml cannot be found or loaded."""
 
 

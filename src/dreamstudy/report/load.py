@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from dreamstudy.data.dreambench import PROMPT_KINDS
+from dreamstudy.errors import StudyError
 from dreamstudy.io import read_jsonl
 from dreamstudy.layout import BASELINE
 from dreamstudy.metrics.registry import MEM_DINO, MEMORIZED, METRICS
@@ -48,7 +49,7 @@ TEXT_COLUMNS = dict.fromkeys([*SUBJECT_KEYS, "class", "prompt", "prompt_kind", "
                               "baseline", "test", "note"], str)
 
 
-class ResultsError(ValueError):
+class ResultsError(StudyError, ValueError):
     """results/ lacks a file the report needs, or a file lacks what it must hold."""
 
 

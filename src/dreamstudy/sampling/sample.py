@@ -23,6 +23,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from tqdm.auto import tqdm
 
+from dreamstudy.errors import StudyError
 from dreamstudy.io import atomic_dir, write_jsonl
 from dreamstudy.sampling.protocol import PRES, SAMPLES, SampleSpec
 
@@ -32,7 +33,7 @@ SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMult
 SDPA_PROCESSORS = (AttnProcessor2_0, CustomDiffusionAttnProcessor2_0)
 
 
-class NonFiniteWeightsError(ValueError):
+class NonFiniteWeightsError(StudyError, ValueError):
     """A model to sample from holds NaN or infinite weights."""
 
 
