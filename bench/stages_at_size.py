@@ -57,6 +57,7 @@ def bench_params(args: argparse.Namespace) -> dict:
     p["priors"].update(num_images=1, num_inference_steps=args.steps, batch_size=1)
     p["sample"].update(images_per_prompt=1, num_inference_steps=args.steps, batch_size=1, pres_images=1)
     p["ablation"].update(subjects=[args.subject], strategies=["classic"], strengths=[1.0])
+    p["multi"]["pairs"] = []  # one subject: the multi-concept stages are not measured at this size yet
     return p
 
 

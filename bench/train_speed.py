@@ -111,6 +111,7 @@ def prepare(root: Path, args: argparse.Namespace, methods: list[str]) -> tuple[P
     params["data"].update(subjects=[subject], image_size=resolution)
     params["model"].update(pretrained=args.pretrained, resolution=resolution)
     params["aug"]["strategies"] = [STRATEGY]
+    params["multi"]["pairs"] = []  # single-concept training only: no pair of subjects to compose
     params["train"].update(methods=methods, checkpoint_every=dict.fromkeys(METHODS, NEVER),
                            mixed_precision=args.mixed_precision)
     for method in methods:  # the reference scripts' defaults: no prior preservation, frozen text encoder
