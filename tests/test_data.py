@@ -105,15 +105,6 @@ def test_load_dataset_names_missing_output(tmp_path):
 
 # --- local source: normalisation and every kind of bad input ----------------------------------------
 
-@pytest.fixture
-def local_copy(tmp_path, monkeypatch):
-    """A copy of the embedded DreamBench, checked against its own SHA256SUMS as if that were pinned."""
-    copy = tmp_path / "dataset"
-    shutil.copytree(fetch.EMBEDDED_DIR, copy)
-    monkeypatch.setattr(fetch, "DREAMBENCH_SHA256", copy / "SHA256SUMS")
-    return copy
-
-
 def repin(copy: Path) -> None:
     """Accept the copy's current files, so that checks after the checksum one are reached."""
     write_sha256_list(copy, copy / "SHA256SUMS")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import shutil
 import urllib.request
 from pathlib import Path
 
@@ -131,15 +130,6 @@ def test_built_model_that_fails_to_load_says_to_delete_it_not_to_go_online(fake_
 
 
 # --- local DreamBench copy: OS leftovers ---------------------------------------------------------------
-
-@pytest.fixture
-def local_copy(tmp_path, monkeypatch):
-    """A copy of the embedded DreamBench, checked against its own SHA256SUMS as if that were pinned."""
-    copy = tmp_path / "dataset"
-    shutil.copytree(fetch.EMBEDDED_DIR, copy)
-    monkeypatch.setattr(fetch, "DREAMBENCH_SHA256", copy / "SHA256SUMS")
-    return copy
-
 
 def add_os_leftovers(copy: Path) -> list[str]:
     (copy / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")

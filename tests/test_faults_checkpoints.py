@@ -1,7 +1,6 @@
 """Checkpoints under faults: one that cannot be read is set aside, saying so, and training starts afresh to the
 same weights; a checkpoint resumes exactly its own run, whatever other methods' settings do."""
 
-import hashlib
 import shutil
 
 import pytest
@@ -9,21 +8,17 @@ import pytest
 from dreamstudy.data.dataset import Subject
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import write_jsonl
-from dreamstudy.methods import checkpoint, get_method
+from dreamstudy.methods import checkpoint
 from dreamstudy.methods.run import train_run
-from dreamstudy.methods.trainer import Checkpointing, Concept, train
-from dreamstudy.models.loading import load_components
+from dreamstudy.methods.trainer import Checkpointing
 from dreamstudy.params import load_params
 from dreamstudy.trainset import CAPTIONS, write_prior_set
 from tests.helpers import ROOT, noise_examples, smoke_train_params
+from tests.test_resume import Killed, run  # LoRA on the tiny model, stopped where asked
 
 STEPS = 5
-EVERY = 2
+EVERY = 2  # tests.test_resume.run's interval
 RESUMED = f"resuming from the checkpoint at step {EVERY}"
-
-
-class Killed(Exception):
-    pass
 
 
 def killer(kill_at: int | None, losses: list | None = None):
@@ -42,25 +37,6 @@ def killer(kill_at: int | None, losses: list | None = None):
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
     return noise_examples(tmp_path_factory.mktemp("images"), 3, seed=1, size=32)
-
-
-def run(examples, out, checkpoints, kill_at=None):
-    """LoRA trained STEPS steps on the tiny model (stopped at `kill_at`); the digest of its weights (None when
-    stopped) and the losses logged."""
-    method, schedule = get_method("lora", smoke_train_params(
-        lora={"steps": STEPS, "batch_size": 2, "prior_preservation": False}))
-    parts = load_components("tiny")
-    losses = []
-    try:
-        train(method, schedule, parts, [Concept(examples, "sks", "dog")], resolution=32, seed=3,
-              checkpointing=Checkpointing(checkpoints, every=EVERY, fingerprint="run"), log=killer(kill_at, losses))
-    except Killed:
-        return None, losses
-    method.save(parts, out)
-    digest = hashlib.sha256()
-    for path in sorted(out.rglob("*.safetensors")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest(), losses
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +84,8 @@ def test_an_unreadable_state_is_set_aside_next_to_earlier_ones(tmp_path, capfd, 
 @pytest.fixture(scope="module")
 def training_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("set")
-    examples = noise_examples(folder, 2, seed=2, size=32)
-    write_jsonl(folder / CAPTIONS, [{"file": e.image.name, "caption": e.caption} for e in examples.items])
+    images = noise_examples(folder, 2, seed=2, size=32)
+    write_jsonl(folder / CAPTIONS, [{"file": e.image.name, "caption": e.caption} for e in images.items])
     write_prior_set(folder.parent / "prior_set.json", None, 1.0)
     return folder
 

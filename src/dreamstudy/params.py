@@ -34,7 +34,8 @@ BACKGROUNDS = ("solid", "noise", "stripes", "checker", "scene")  # augment/backg
 MERGES = {"lora": ("sum", "average"), "custom_diffusion": ("merge",), "textual_inversion": ("compose",)}
 JOINT_METHOD = {f"{method}_joint": method for method in METHODS}  # variant -> the method it trains
 MERGED_FROM = {f"{method}_{how}": method for method, hows in MERGES.items() for how in hows}  # -> whose models
-MULTI_VARIANTS = (*JOINT_METHOD, *MERGED_FROM)
+VARIANT_METHOD = {**JOINT_METHOD, **MERGED_FROM}  # every variant -> its method
+MULTI_VARIANTS = tuple(VARIANT_METHOD)
 FUSION_SOLVERS = ("closed_form", "lbfgs")
 DREAMBENCH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
 
@@ -404,7 +405,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _multi_builds_on_the_main_study(self) -> "Params":
-        methods = {v: {**JOINT_METHOD, **MERGED_FROM}[v] for v in self.multi.variants}
+        methods = {v: VARIANT_METHOD[v] for v in self.multi.variants}
         absent = [f"train.methods lacks {m!r} (for multi variant {v!r})" for v, m in methods.items()
                   if m not in self.train.methods]
         if BASELINE not in self.aug.strategies:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from dreamstudy.errors import StudyError
 from dreamstudy.methods import checkpoint
 from dreamstudy.methods.registry import Method, Schedule
+from dreamstudy.models.loading import loaded_from
 from dreamstudy.seeding import derive_seed
 from dreamstudy.text import replace_identifier
 from dreamstudy.trainset import Example
@@ -336,8 +337,7 @@ def non_finite_loss_error(value: float, step: int, where: str, parts,
     bad = [name for (name, _), ok in zip(frozen, finite_flags([p for _, p in frozen]), strict=True) if not ok]
     if bad:
         part = getattr(parts, bad[0].split(".")[0])
-        # diffusers models keep the folder they loaded from in config._name_or_path, transformers models in name_or_path
-        source = getattr(part, "name_or_path", None) or getattr(part.config, "_name_or_path", None) or "unknown"
+        source = loaded_from(part)
         cause = (f"The base model's frozen weights are not finite ({len(bad)} tensor(s), e.g. {bad[0]}, loaded from "
                  f"{source}): its weights files are corrupted; rebuild or re-download model.pretrained.")
     else:

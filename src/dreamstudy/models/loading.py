@@ -160,6 +160,12 @@ def random_model_folder(name: str = TINY) -> Path:
                       lambda tmp: tiny.build_random_pipeline(tmp, architecture, seed=TINY_SEED))
 
 
+def loaded_from(model) -> str:
+    """The folder or hub id a model was loaded from: diffusers models keep it in config._name_or_path,
+    transformers models in name_or_path."""
+    return getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or "unknown"
+
+
 def _looks_like_path(pretrained: str) -> bool:
     # Hub ids are "name" or "owner/name": a leading /, . or ~, or a second slash, means a folder.
     return pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1

@@ -4,14 +4,13 @@ with regions, "lora_sum@regions"). Standard library only: the DAG's inputs and t
 
 from __future__ import annotations
 
-from dreamstudy.params import JOINT_METHOD, MERGED_FROM, MULTI_VARIANTS
+from dreamstudy.params import MULTI_VARIANTS, VARIANT_METHOD
 
 REGIONS = "regions"
-METHOD_OF = {**JOINT_METHOD, **MERGED_FROM}
 
 
 def variant_method(variant: str) -> str:
-    return METHOD_OF[variant]
+    return VARIANT_METHOD[variant]
 
 
 def sample_label(variant: str, regional: bool) -> str:

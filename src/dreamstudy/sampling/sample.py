@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from dreamstudy.errors import StudyError
 from dreamstudy.io import atomic_dir, write_jsonl
+from dreamstudy.models.loading import loaded_from
 from dreamstudy.sampling.protocol import PRES, SAMPLES, SampleSpec
 
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMultistepScheduler,
@@ -49,9 +50,8 @@ def check_finite(pipe: StableDiffusionPipeline, where: str | Path | None = None)
         bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
         if not bad:
             continue
-        # diffusers models keep their source in config._name_or_path, transformers models in name_or_path;
-        # fine-tuned weights loaded on top (LoRA, a token's embedding) are named by `where`
-        source = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or "unknown"
+        # the base folder the part loaded from; fine-tuned weights on top (LoRA, a token's embedding): `where`
+        source = loaded_from(model)
         model_dir = f"the model in {where}" if where else "the pipeline"
         raise NonFiniteWeightsError(
             f"refusing to sample from {model_dir}: its {part} holds NaN or infinite weights ({len(bad)} of "
