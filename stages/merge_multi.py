@@ -1,6 +1,6 @@
 """DVC stage `merge_multi`: one pair's merged model (lora_sum, lora_average, custom_diffusion_merge,
-textual_inversion_compose) from the main study's single-concept models of its subjects, trained on the
-original images."""
+textual_inversion_compose, edlora_fusion: Mix-of-Show's gradient fusion) from the main study's single-concept
+models of its subjects, trained on the original images."""
 
 import gc
 
@@ -12,6 +12,7 @@ from dreamstudy.io import atomic_dir
 from dreamstudy.layout import BASELINE, Layout, key_subjects
 from dreamstudy.models.loading import load_pipeline
 from dreamstudy.multi.merge import merge_models
+from dreamstudy.multi.variants import FUSION
 from dreamstudy.params import MERGED_FROM
 
 
@@ -21,7 +22,15 @@ def main(argv=None) -> None:
     concepts = [(main_study.model(method, BASELINE, s), SUBJECTS[s]) for s in key_subjects(args.pair)]
     pipe = load_pipeline(p.model.pretrained)
     with atomic_dir(args.layout.model(args.variant, BASELINE, args.pair)) as tmp:
-        merge_models(args.variant, pipe, concepts, tmp)
+        if args.variant == FUSION:
+            from dreamstudy.multi.mix_of_show import fuse_edloras  # its own code: no other merge depends on it
+
+            fusion = p.multi.fusion
+            fuse_edloras(pipe, [folder for folder, _ in concepts], tmp, solver=fusion.solver,
+                         text_iters=fusion.lbfgs_text_iters, unet_iters=fusion.lbfgs_unet_iters, seed=p.seed,
+                         resolution=p.model.resolution)
+        else:
+            merge_models(args.variant, pipe, concepts, tmp)
 
 
 if __name__ == "__main__":

@@ -148,8 +148,9 @@ def test_a_method_stage_executes_its_own_module_and_the_shared_ones(inputs):
     for kind in ("train", "sample"):
         for method in METHODS:
             code = code_of(inputs, kind, method)
-            assert code & methods == {f"src/dreamstudy/methods/{method}.py"}, (kind, method)
-            assert (tokens in code) == (method in ("textual_inversion", "custom_diffusion")), (kind, method)
+            composed = {"edlora": ["lora"]}.get(method, [])  # ED-LoRA's adapters are LoRA's
+            assert code & methods == {f"src/dreamstudy/methods/{m}.py" for m in [method, *composed]}, (kind, method)
+            assert (tokens in code) == (method in ("textual_inversion", "custom_diffusion", "edlora")), (kind, method)
             assert f"stages/{kind}.py" in code
     assert not code_of(inputs, "prior_set", "textual_inversion") & methods  # it reads params, imports no method
     assert "src/dreamstudy/methods/trainer.py" in code_of(inputs, "train", "lora")
@@ -170,7 +171,7 @@ def test_a_strategy_stage_executes_its_own_module_and_mix_every_one(inputs):
 def test_only_the_registries_import_our_modules_inside_functions():
     """Imports at run time must be the ones `stage_inputs` makes too (it runs the registries' loaders)."""
     allowed = {("dag.py", "_load_item"), ("dag.py", "_augment"), ("registry.py", "method_module"),
-               ("registry.py", "strategy_module")}
+               ("registry.py", "strategy_module"), ("merge_multi.py", "main")}  # the last: Kind.item_modules
     late = []
     for path in [*SRC.rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
         for function in ast.walk(ast.parse(path.read_text())):
@@ -182,6 +183,15 @@ def test_only_the_registries_import_our_modules_inside_functions():
                 if any(n.split(".")[0] == "dreamstudy" for n in names) and (path.name, function.name) not in allowed:
                     late.append(f"{path.relative_to(ROOT)}:{node.lineno} in {function.name}")
     assert not late
+
+
+def test_only_mix_of_shows_merge_executes_and_reads_the_fusion(inputs):
+    fusion = "src/dreamstudy/multi/mix_of_show.py"
+    for variant in ("lora_sum", "edlora_fusion"):  # the smoke study's merges
+        code = code_of(inputs, "merge_multi", variant, study="multi")
+        params = params_of(inputs, "merge_multi", variant, study="multi")
+        assert (fusion in code) == (variant == "edlora_fusion"), variant
+        assert ("multi.fusion" in params) == (variant == "edlora_fusion"), variant
 
 
 def test_a_stage_reads_only_the_params_it_declares(inputs):

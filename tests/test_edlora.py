@@ -1,14 +1,14 @@
 """ED-LoRA's layer-wise embeddings (dreamstudy.multi.edlora), known answers on the tiny model: one token per
 cross-attention layer (16 for SD 1.5's architecture); embedding i reaches layer i only; equal embeddings
-condition as one plain token would; 3-D conditioning passes through the wrappers; bad tokens are refused."""
+condition as one plain token would; plain conditioning passes through the wrappers; bad tokens are refused."""
 
 import pytest
 import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
+from dreamstudy.methods.registry import tokenize
 from dreamstudy.methods.tokens import add_token
-from dreamstudy.methods.trainer import tokenize
 from dreamstudy.models import sd15
 from dreamstudy.models.loading import load_components
 from dreamstudy.multi.edlora import (
@@ -68,7 +68,7 @@ def test_embedding_i_reaches_layer_i_only(parts):
     generator = torch.Generator().manual_seed(1)
     rows = torch.randn(n, parts.text_encoder.config.hidden_size, generator=generator) * 0.02
     concept = add_layerwise_token(parts.tokenizer, parts.text_encoder, "<c>", n, rows)
-    install_layerwise(parts.unet)
+    install_layerwise(parts.unet, parts.tokenizer.model_max_length)
     with torch.no_grad():
         before = kv_inputs(parts.unet, encode_layerwise(parts.tokenizer, parts.text_encoder, [PROMPT], [concept], n))
         weight = parts.text_encoder.get_input_embeddings().weight
@@ -92,11 +92,12 @@ def test_equal_embeddings_condition_as_one_plain_token(parts):
         plain = parts.text_encoder(tokenize(parts.tokenizer, [PROMPT.replace("<c>", "<p>")]))[0]
         expected = parts.unet(LATENTS, TIMESTEP, plain).sample
         features = encode_layerwise(parts.tokenizer, parts.text_encoder, [PROMPT], [concept], n)
-        assert features.shape == (1, n, parts.tokenizer.model_max_length, parts.text_encoder.config.hidden_size)
-        with layerwise(parts.unet) as layers:
+        length = parts.tokenizer.model_max_length
+        assert features.shape == (1, n * length, parts.text_encoder.config.hidden_size)
+        with layerwise(parts.unet, length) as layers:
             assert layers == n
             actual = parts.unet(LATENTS, TIMESTEP, features).sample
-            passed_through = parts.unet(LATENTS, TIMESTEP, plain).sample  # 3-D: the wrappers change nothing
+            passed_through = parts.unet(LATENTS, TIMESTEP, plain).sample  # L tokens: the wrappers change nothing
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)  # text encoded in a batch of n vs 1
     torch.testing.assert_close(passed_through, expected, rtol=0, atol=0)
     assert not any(isinstance(attn.processor, LayerwiseProcessor) for _, attn in cross_attention_layers(parts.unet))
@@ -107,22 +108,23 @@ def test_layerwise_features_are_each_layers_bound_prompt(parts):
     rows = torch.randn(n, parts.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(3))
     concept = add_layerwise_token(parts.tokenizer, parts.text_encoder, "<c>", n, rows)
     prompts = [PROMPT, "<c>"]
+    length = parts.tokenizer.model_max_length
     with torch.no_grad():
         features = encode_layerwise(parts.tokenizer, parts.text_encoder, prompts, [concept], n)
         for b, prompt in enumerate(prompts):
             for i in range(n):
                 alone = parts.text_encoder(tokenize(parts.tokenizer, [prompt.replace("<c>", f"<c>_{i}")]))[0][0]
-                torch.testing.assert_close(features[b, i], alone, rtol=0, atol=1e-5)
+                torch.testing.assert_close(features[b, i * length : (i + 1) * length], alone, rtol=0, atol=1e-5)
 
 
 def test_install_wraps_once_and_uninstall_restores(parts):
     original = [type(attn.processor) for _, attn in cross_attention_layers(parts.unet)]
-    install_layerwise(parts.unet)
-    install_layerwise(parts.unet)
+    install_layerwise(parts.unet, 77)
+    install_layerwise(parts.unet, 77)
     processors = [attn.processor for _, attn in cross_attention_layers(parts.unet)]
     assert [p.index for p in processors] == list(range(len(processors)))
     assert not any(isinstance(p.processor, LayerwiseProcessor) for p in processors)
-    with layerwise(parts.unet):  # already installed: left installed afterwards
+    with layerwise(parts.unet, 77):  # already installed: left installed afterwards
         pass
     assert all(isinstance(attn.processor, LayerwiseProcessor) for _, attn in cross_attention_layers(parts.unet))
     uninstall_layerwise(parts.unet)

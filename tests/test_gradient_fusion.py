@@ -235,7 +235,8 @@ def test_mix_of_show_stages_on_the_tiny_model(sd):
                     for t in tokens]
 
     def sampled(context):
-        sample = sample_run(parts.noise_scheduler, context, steps=3, latent_size=4)
+        sample = sample_run(parts.noise_scheduler, context, tokens=parts.tokenizer.model_max_length, steps=3,
+                            latent_size=4)
 
         def run(unet):  # as MoS: each concept's model samples with the fused K/V
             with weights_applied(unet, kv_unet, kv):

@@ -22,6 +22,7 @@ from dreamstudy.data.dataset import load_dataset
 from dreamstudy.data.fetch import fetch_dreambench
 from dreamstudy.methods import get_method
 from dreamstudy.methods.custom_diffusion import KV
+from dreamstudy.methods.registry import tokenize
 from dreamstudy.methods.trainer import (
     Concept,
     Examples,
@@ -29,7 +30,6 @@ from dreamstudy.methods.trainer import (
     diffusion_loss,
     latent_distribution,
     pixel_batch,
-    tokenize,
     train,
 )
 from dreamstudy.models.loading import load_components, resolve_pretrained

@@ -20,13 +20,13 @@ from dreamstudy.augment.dataset import instance_caption
 from dreamstudy.data.dataset import load_dataset
 from dreamstudy.data.fetch import fetch_dreambench
 from dreamstudy.methods import get_method
+from dreamstudy.methods.registry import tokenize
 from dreamstudy.methods.trainer import (
     Concept,
     Examples,
     diffusion_loss,
     latent_distribution,
     pixel_batch,
-    tokenize,
     train,
 )
 from dreamstudy.models.loading import load_components, load_pipeline

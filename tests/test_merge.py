@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from dreamstudy.methods.custom_diffusion import KV, CustomDiffusion
 from dreamstudy.methods.lora import WEIGHTS, Lora
+from dreamstudy.methods.registry import tokenize
 from dreamstudy.methods.tokens import EMBEDS, NewToken
-from dreamstudy.methods.trainer import tokenize
 from dreamstudy.models.loading import load_components, load_pipeline, resolve_pretrained
 from dreamstudy.multi.merge import (
     concept_prompts,

@@ -249,5 +249,6 @@ def test_a_pair_subject_needs_an_identifier_and_a_merge_its_single_concept_model
     with pytest.raises(ParamsError, match=r"aug\.strategies lacks 'none'"):
         validate_params(with_change(smoke, "aug.strategies", ["classic"]))
     raw = with_change(smoke, "train.methods", ["dreambooth"])
-    raw = with_change(with_change(raw, "multi.regional", []), "multi.merges", {"lora": [], "custom_diffusion": [], "textual_inversion": []})
+    no_merges = {"lora": [], "custom_diffusion": [], "textual_inversion": [], "edlora": []}
+    raw = with_change(with_change(raw, "multi.regional", []), "multi.merges", no_merges)
     assert validate_params(with_change(raw, "multi.joint", ["dreambooth"])).multi.variants == ["dreambooth_joint"]

@@ -18,7 +18,8 @@ from dreamstudy.methods import get_method
 from dreamstudy.methods.custom_diffusion import KV
 from dreamstudy.methods.dreambooth import DreamBooth
 from dreamstudy.methods.lora import WEIGHTS
-from dreamstudy.methods.trainer import Concept, tokenize, train
+from dreamstudy.methods.registry import tokenize
+from dreamstudy.methods.trainer import Concept, train
 from dreamstudy.models.loading import MANIFEST, load_components, load_pipeline, resolve_pretrained
 from tests.helpers import noise_examples, smoke_train_params
 

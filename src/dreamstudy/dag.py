@@ -28,7 +28,7 @@ from pydantic_core import to_jsonable_python
 
 from dreamstudy.io import file_sha256
 from dreamstudy.layout import BASELINE, STUDIES
-from dreamstudy.multi.variants import SAMPLE_LABELS, parse_sample_label, variant_method
+from dreamstudy.multi.variants import FUSION, FUSION_MODULE, SAMPLE_LABELS, parse_sample_label, variant_method
 from dreamstudy.params import JOINT_METHOD, MERGED_FROM, METHODS, STRATEGIES, Params, ParamsError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -48,6 +48,7 @@ class Kind:
     per_subject: bool = False  # reads its subject's (or pair's subjects') PER_SUBJECT keys, from their own files
     studies: tuple[str, ...] = ("main", "ablation")  # the studies with stages of this kind
     items: tuple[str, ...] | None = None  # the values its `by` item takes, if not all of ITEMS[by]
+    item_modules: Callable[[str], tuple[str, ...]] = lambda item: ()  # modules it imports for an item, lazily
 
 
 # Keys of one subject: a stage reads its own subject's from build/stage_inputs/{study}/subjects/{subject}.json,
@@ -95,7 +96,10 @@ def _train_multi(p: Params, study: str, variant: str) -> list[str]:
 
 
 def _merge_multi(p: Params, study: str, variant: str) -> list[str]:
-    return ["model.pretrained"]  # merges read the base model (LoRA: to load into; CD: its K/V and text features)
+    # merges read the base model (LoRA: to load into; CD: its K/V and text features); Mix-of-Show's fusion also
+    # samples (seeded, at the model's resolution) and solves as multi.fusion says
+    fusion = ["multi.fusion", "seed", "model.resolution"] if variant == FUSION else []
+    return ["model.pretrained", *fusion]
 
 
 def _sample_multi(p: Params, study: str, label: str) -> list[str]:
@@ -140,7 +144,8 @@ KINDS = {
     "train_multi": Kind(("pair", "variant"), _train_multi, by="variant", untracked=("train.checkpoint_every",),
                         per_subject=True, studies=("multi",), items=tuple(JOINT_METHOD)),
     "merge_multi": Kind(("pair", "variant"), _merge_multi, by="variant", imports_item=False, studies=("multi",),
-                        items=tuple(MERGED_FROM)),
+                        items=tuple(MERGED_FROM),
+                        item_modules=lambda variant: (FUSION_MODULE,) if variant == FUSION else ()),
     "sample_multi": Kind(("pair", "variant"), _sample_multi, by="variant", per_subject=True, studies=("multi",),
                          items=SAMPLE_LABELS),
     "evaluate_multi": Kind(("pair", "variant"), _evaluate, studies=("multi",)),
@@ -247,6 +252,8 @@ def executed_files(kind: str, item: str | None) -> list[Path]:
             runpy.run_path(f"stages/{kind}.py", run_name="stage_inputs")
             if KINDS[kind].imports_item:
                 _load_item(KINDS[kind].by, item)
+            for module in KINDS[kind].item_modules(item):
+                importlib.import_module(module)
             files = sorted({str(Path(m.__file__).resolve()) for name, m in list(sys.modules.items())
                             if name.split(".")[0] == "dreamstudy" and getattr(m, "__file__", None)})
             os.write(write, json.dumps(files).encode())

@@ -22,16 +22,16 @@ from dreamstudy.multi.prompts import pair_kind
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
-METHODS = ("dreambooth", "lora", "textual_inversion", "custom_diffusion")
+METHODS = ("dreambooth", "lora", "textual_inversion", "custom_diffusion", "edlora")
 STRATEGIES = ("none", "classic", "scale", "background", "img2img", "controlnet", "specialist", "mix")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 SOURCES = ("github", "local", "embedded")
 BACKGROUNDS = ("solid", "noise", "stripes", "checker", "scene")  # augment/background.py's kinds
 # The multi-concept study's models of a pair, each named "<method>_<how>": a method trained on both subjects at
 # once with its main-study settings ("lora_joint"), or the main study's two single-concept models of a method
-# merged ("lora_sum"). Mix-of-Show's gradient fusion of two ED-LoRAs (multi/gradient_fusion.py, multi/edlora.py)
-# has no stage yet.
-MERGES = {"lora": ("sum", "average"), "custom_diffusion": ("merge",), "textual_inversion": ("compose",)}
+# merged ("lora_sum"; Mix-of-Show's gradient fusion of two ED-LoRAs is "edlora_fusion").
+MERGES = {"lora": ("sum", "average"), "custom_diffusion": ("merge",), "textual_inversion": ("compose",),
+          "edlora": ("fusion",)}
 JOINT_METHOD = {f"{method}_joint": method for method in METHODS}  # variant -> the method it trains
 MERGED_FROM = {f"{method}_{how}": method for method, hows in MERGES.items() for how in hows}  # -> whose models
 VARIANT_METHOD = {**JOINT_METHOD, **MERGED_FROM}  # every variant -> its method
@@ -180,6 +180,14 @@ class CustomDiffusionParams(MethodParams):
     pass
 
 
+class EdloraParams(MethodParams):
+    """ED-LoRA (Mix-of-Show): `lr` is the UNet LoRA's; MoS's defaults: 1e-4, 1e-5, 1e-3, rank 4."""
+
+    rank: PositiveInt = Field(4, description="LoRA rank r of the UNet's and text encoder's attention (alpha = r)")
+    text_encoder_lr: PositiveFloat = Field(1e-5, description="the text encoder LoRA's learning rate")
+    embedding_lr: PositiveFloat = Field(1e-3, description="the layer-wise embeddings' learning rate")
+
+
 class CheckpointParams(Section):
     """Steps between resumable checkpoints, per method. Only the latest is kept, and it holds the trained
     weights and both AdamW moments in float32: at SD 1.5's size 10.3 GB for DreamBooth, 3 MB for LoRA."""
@@ -188,6 +196,7 @@ class CheckpointParams(Section):
     lora: PositiveInt = Field(100)
     textual_inversion: PositiveInt = Field(500)
     custom_diffusion: PositiveInt = Field(100)
+    edlora: PositiveInt = Field(100)
 
 
 class TrainParams(Section):
@@ -205,6 +214,7 @@ class TrainParams(Section):
     lora: LoraParams
     textual_inversion: TextualInversionParams
     custom_diffusion: CustomDiffusionParams
+    edlora: EdloraParams
 
     @field_validator("identifiers")
     @classmethod
@@ -287,6 +297,8 @@ class MergeParams(Section):
         description="merge: Custom Diffusion's constrained closed-form K/V merge")
     textual_inversion: list[Literal[MERGES["textual_inversion"]]] = Field(
         description="compose: both learned tokens side by side")
+    edlora: list[Literal[MERGES["edlora"]]] = Field(
+        description="fusion: Mix-of-Show's gradient fusion of the ED-LoRAs (multi.fusion), layer-wise tokens")
 
     @property
     def variants(self) -> list[str]:
@@ -326,7 +338,8 @@ class MultiParams(Section):
         description="two boxes (x0, y0, x1, y1), fractions of the image; default: left and right halves")
     prompts_per_pair: Annotated[int, Field(ge=1, le=12)] = Field(12, description="first N composition prompts")
     images_per_prompt: PositiveInt = Field(8, description="images per prompt, seeds shared by every variant")
-    fusion: FusionParams = Field(default_factory=FusionParams, description="Mix-of-Show's gradient fusion")
+    fusion: FusionParams = Field(default_factory=FusionParams, description="Mix-of-Show's gradient fusion "
+                                                                            "(merges.edlora: [fusion])")
 
     @field_validator("pairs")
     @classmethod

@@ -20,7 +20,7 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, PreTrainedModel
 
-from dreamstudy.methods.registry import Schedule, register
+from dreamstudy.methods.registry import PlainText, Schedule, register
 from dreamstudy.models.loading import ModelLoadError
 
 UNET = "unet"
@@ -76,7 +76,7 @@ def copy_index(base: Path, folder: Path) -> None:
 
 
 @dataclass(frozen=True)
-class DreamBooth:
+class DreamBooth(PlainText):
     trains_text_encoder: bool = False
 
     def token(self, identifier: str) -> str:

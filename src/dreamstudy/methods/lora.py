@@ -15,7 +15,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from dreamstudy.methods.registry import Schedule, register
+from dreamstudy.methods.registry import PlainText, Schedule, register
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -43,7 +43,7 @@ def sort_metadata(path: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Lora:
+class Lora(PlainText):
     rank: int
     alpha: float
     trains_text_encoder: bool = False

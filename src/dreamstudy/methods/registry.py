@@ -30,9 +30,32 @@ class Schedule:
         return cls(section.lr, section.steps, section.batch_size, section.prior_preservation)
 
 
+def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """Token ids [B, L] of `captions`, padded to the tokenizer's length, as the stock pipeline pads them."""
+    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+class PlainText:
+    """How a caption conditions the UNet in every stock method: one row of token ids, the text encoder's last
+    hidden state. A method that conditions otherwise (ED-LoRA's layer-wise embeddings) overrides both."""
+
+    def input_ids(self, tokenizer, captions: Sequence[str]) -> torch.Tensor:
+        return tokenize(tokenizer, captions)
+
+    def encode_text(self, text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+        return text_encoder(input_ids)[0]
+
+
 class Method(Protocol):
     # True when the text encoder (or its input embeddings) train: captions are then encoded every step.
     trains_text_encoder: bool
+
+    def input_ids(self, tokenizer, captions: Sequence[str]) -> torch.Tensor:
+        """The token ids of `captions`, one row per caption (PlainText's, or a method's own)."""
+
+    def encode_text(self, text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+        """What the UNet's cross-attention reads for rows of `input_ids`: [B, tokens, D]."""
 
     def token(self, identifier: str) -> str:
         """The word that stands for the subject in captions and prompts (e.g. "sks", "<sks>")."""
@@ -40,10 +63,11 @@ class Method(Protocol):
     def check(self, tokenizer, token: str) -> None:
         """Refuse, from the tokenizer alone (before any model loads), a token this method cannot train."""
 
-    def prepare(self, parts, tokens: Sequence[str], class_names: Sequence[str]) -> list[torch.nn.Parameter]:
+    def prepare(self, parts, tokens: Sequence[str], class_names: Sequence[str]) -> list[torch.nn.Parameter | dict]:
         """Adapt `parts` (models.loading.Components) in place for the concepts whose words are `tokens`, of
         the classes `class_names` (one per concept, jointly trained where there are several); return the
-        parameters to train.
+        parameters to train, or torch optimizer parameter groups ({"params": [...], "lr": ...}) where some
+        train at a learning rate of their own.
 
         Called after every model is frozen; a method unfreezes or adds what it trains."""
 
@@ -59,7 +83,7 @@ class Method(Protocol):
 
 MethodFactory = Callable[[object], tuple[Method, Schedule]]
 MODULES = {name: f"dreamstudy.methods.{name}" for name in
-           ("dreambooth", "lora", "textual_inversion", "custom_diffusion")}
+           ("dreambooth", "lora", "textual_inversion", "custom_diffusion", "edlora")}
 METHODS: dict[str, MethodFactory] = {}
 
 

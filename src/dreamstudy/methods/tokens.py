@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from dreamstudy.methods.registry import PlainText
+
 EMBEDS = "learned_embeds.safetensors"  # textual_inversion.py's file name
 CONTEXT = "a photo of"  # a caption prefix: the token must add exactly its own id after it
 
@@ -85,8 +87,14 @@ class LearnedTokens:
         with torch.no_grad():
             for token_id, class_name in zip(token_ids, class_names, strict=True):
                 weight[token_id] = class_embedding(parts.tokenizer, weight, class_name)
+        return cls.track(parts, tokens, token_ids)
+
+    @classmethod
+    def track(cls, parts, tokens: Sequence[str], token_ids: Sequence[int]) -> "LearnedTokens":
+        """Train the rows `token_ids` of `tokens`, already in parts.tokenizer and parts.text_encoder."""
+        weight = parts.text_encoder.get_input_embeddings().weight
         weight.requires_grad_(True)
-        learned = cls(list(tokens), token_ids, weight.detach().clone())
+        learned = cls(list(tokens), list(token_ids), weight.detach().clone())
         weight.register_hook(learned.mask_gradient)
         return learned
 
@@ -124,7 +132,7 @@ def load_token(pipe, folder: Path) -> None:
         pipe.load_textual_inversion(sorted(str(path) for path in Path(folder).glob("learned_embeds_*.safetensors")))
 
 
-class NewToken:
+class NewToken(PlainText):
     """A method whose trainable part includes the placeholders' embedding rows, one per concept (Textual
     Inversion, and Custom Diffusion beside its K/V weights)."""
 

@@ -145,11 +145,6 @@ def latent_masks(paths: list[Path | None], resolution: int, latent_size: int) ->
     return F.interpolate(masks, size=latent_size, mode="area")
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
-
-
 @torch.no_grad()
 def latent_distribution(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
@@ -162,15 +157,16 @@ class EncodedSet:
     One example at a time, so an example's latents and text do not depend on which others share the call
     (batched kernels round differently): a resumed run sees the same values as an uninterrupted one."""
 
-    def __init__(self, parts, examples: Examples, resolution: int, encode_text_once: bool):
+    def __init__(self, parts, method: Method, examples: Examples, resolution: int):
         self.paths, captions, masks = zip(*examples.items, strict=True)
         self.resolution = resolution
         self.latent_size = resolution // (2 ** (len(parts.vae.config.block_out_channels) - 1))
         self.mask = None
         if any(masks):
             self.mask = latent_masks(list(masks), resolution, self.latent_size).to(parts.vae.device)
-        self.ids = tokenize(parts.tokenizer, list(captions)).to(parts.vae.device)
-        self.encode_text_once = encode_text_once
+        self.method = method
+        self.ids = method.input_ids(parts.tokenizer, list(captions)).to(parts.vae.device)
+        self.encode_text_once = not method.trains_text_encoder
         self.encoded: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def __len__(self) -> int:
@@ -183,7 +179,7 @@ class EncodedSet:
             text = None
             if self.encode_text_once:
                 with torch.no_grad():
-                    text = parts.text_encoder(self.ids[i : i + 1])[0]
+                    text = self.method.encode_text(parts.text_encoder, self.ids[i : i + 1])
             self.encoded[i] = mean[0], std[0], None if text is None else text[0]
         return self.encoded[i]
 
@@ -192,7 +188,8 @@ class EncodedSet:
         mean, std = torch.stack(mean), torch.stack(std)
         eps = torch.randn(mean.shape, generator=generator).to(mean.device)
         latents = (mean + std * eps) * parts.vae.config.scaling_factor
-        text = torch.stack(text) if self.encode_text_once else parts.text_encoder(self.ids[index])[0]
+        text = torch.stack(text) if self.encode_text_once else self.method.encode_text(parts.text_encoder,
+                                                                                        self.ids[index])
         mask = self.mask[index] if self.mask is not None else torch.ones_like(latents[:, :1])
         return latents, text, mask
 
@@ -254,11 +251,10 @@ class ConceptBatch(NamedTuple):
 class ConceptSet:
     """One concept's instance examples (captions in the method's token) and class images, encoded as needed."""
 
-    def __init__(self, parts, concept: Concept, token: str, number: int, resolution: int, encode_text_once: bool):
-        self.instances = EncodedSet(parts, concept.examples.with_token(concept.identifier, token), resolution,
-                                    encode_text_once)
+    def __init__(self, parts, method: Method, concept: Concept, token: str, number: int, resolution: int):
+        self.instances = EncodedSet(parts, method, concept.examples.with_token(concept.identifier, token), resolution)
         prior = concept.prior
-        self.classes = EncodedSet(parts, prior.examples, resolution, encode_text_once) if prior else None
+        self.classes = EncodedSet(parts, method, prior.examples, resolution) if prior else None
         self.prior_weight = prior.weight if prior else 0.0
         # Concept 0 draws under a single-concept run's names, so that a run of one concept draws (and learns)
         # exactly what it did before joint training existed; the others under names of their own.
@@ -368,8 +364,14 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+def parameters_of(groups: list[torch.nn.Parameter | dict]) -> list[torch.nn.Parameter]:
+    """The parameters of what `Method.prepare` returns: parameters, or parameter groups."""
+    return [p for group in groups for p in (group["params"] if isinstance(group, dict) else [group])]
+
+
+def make_optimizer(params: list[torch.nn.Parameter | dict], lr: float, weight_decay: float,
                    use_8bit_adam: bool) -> torch.optim.Optimizer:
+    """AdamW over `params` (parameters, or groups with learning rates of their own) at default rate `lr`."""
     if use_8bit_adam:  # Hardware checked that bitsandbytes is installed
         import bitsandbytes as bnb
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
@@ -417,7 +419,8 @@ def train(method: Method, schedule: Schedule, parts, concepts: Sequence[Concept]
     for model in models:
         model.requires_grad_(False)
     torch.manual_seed(derive_seed(seed, "init"))  # adapter initialisation
-    trainable = method.prepare(parts, tokens, [concept.class_name for concept in concepts])
+    groups = method.prepare(parts, tokens, [concept.class_name for concept in concepts])
+    trainable = parameters_of(groups)
     # cast where the parts were loaded, then moved: the GPU never holds a float32 copy of a frozen weight
     cast_frozen(parts, trainable, hardware.dtype)
     for model in models:
@@ -425,11 +428,10 @@ def train(method: Method, schedule: Schedule, parts, concepts: Sequence[Concept]
     if hardware.gradient_checkpointing:
         enable_gradient_checkpointing(parts, method.trains_text_encoder)
 
-    frozen_text = not method.trains_text_encoder
-    concept_sets = [ConceptSet(parts, concept, token, number, resolution, frozen_text)
+    concept_sets = [ConceptSet(parts, method, concept, token, number, resolution)
                     for number, (concept, token) in enumerate(zip(concepts, tokens, strict=True))]
 
-    optimizer = make_optimizer(trainable, schedule.lr, optimization.weight_decay, hardware.use_8bit_adam)
+    optimizer = make_optimizer(groups, schedule.lr, optimization.weight_decay, hardware.use_8bit_adam)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     start, losses = checkpoint.resume(checkpointing, trainable, optimizer, lr_scheduler) if checkpointing else (0, [])

@@ -210,11 +210,11 @@ def kv_run(tokenizer, text_encoder, prompts: Sequence[str], concepts: Sequence[L
     return run
 
 
-def sample_run(scheduler, embeddings: torch.Tensor, steps: int = 20, seed: int = 0,
+def sample_run(scheduler, embeddings: torch.Tensor, tokens: int, steps: int = 20, seed: int = 0,
                latent_size: int | None = None) -> Callable[[nn.Module], None]:
     """Stage 3's data: sampling from noise (a copy of `scheduler`, `steps` steps, no guidance) conditioned on
-    `embeddings`, layer-wise [B, N, L, D] (`edlora.encode_layerwise` of "photo of a <c>") or plain
-    [B, L, D]; every step's activations are seen (MoS's `decode_to_latents`, record_nums = steps)."""
+    `embeddings`, layer-wise [B, N * tokens, D] (`edlora.encode_layerwise` of "photo of a <c>") or plain
+    [B, tokens, D]; every step's activations are seen (MoS's `decode_to_latents`, record_nums = steps)."""
     def run(unet):
         schedule = copy.deepcopy(scheduler)
         schedule.set_timesteps(steps)
@@ -223,7 +223,7 @@ def sample_run(scheduler, embeddings: torch.Tensor, steps: int = 20, seed: int =
         latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         latents = latents.to(unet.device, unet.dtype) * schedule.init_noise_sigma
         context = embeddings.to(unet.device, unet.dtype)
-        with layerwise(unet):
+        with layerwise(unet, tokens):
             for t in schedule.timesteps:
                 noise = unet(schedule.scale_model_input(latents, t), t, context).sample
                 latents = schedule.step(noise, t, latents).prev_sample

@@ -36,6 +36,7 @@ from dreamstudy.methods.custom_diffusion import KV
 from dreamstudy.methods.lora import WEIGHTS, sort_metadata
 from dreamstudy.methods.tokens import EMBEDS, ids
 from dreamstudy.multi.fusion import concept_targets, custom_diffusion_merge
+from dreamstudy.multi.variants import FUSION, FUSION_MODULE
 from dreamstudy.params import MERGED_FROM
 
 MODES = ("sum", "average")
@@ -333,4 +334,5 @@ def merge_models(variant: str, pipe: StableDiffusionPipeline, concepts: Sequence
     elif variant == "textual_inversion_compose":
         compose_embeddings(folders, folder)
     else:
-        raise ValueError(f"{variant!r} is not a merge (valid: {', '.join(MERGED_FROM)})")
+        raise ValueError(f"{variant!r} is not a merge of merge_models (valid: "
+                         f"{', '.join(v for v in MERGED_FROM if v != FUSION)}; {FUSION}: {FUSION_MODULE})")

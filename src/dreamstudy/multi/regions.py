@@ -16,9 +16,11 @@ positions inside the box. As in MoS:
   pipeline's [negative; global prompt], so the unconditional half inside a box attends to the very negative
   embedding it attends to outside it (MoS encodes a per-region negative prompt there; its example script
   `regionally_sample.sh` gives every region the global negative prompt, which is what we do always).
-Left out: per-region negative prompts, ED-LoRA's layer-wise embeddings (MoS picks embedding set i in
-cross-attention layer i when `encoder_hidden_states` is 4-D; a stock pipeline has one embedding for all
-layers), and the T2I-Adapter pose/sketch conditions with their per-region weights (no weights offline).
+- ED-LoRA's layer-wise embeddings: on a pipeline made layer-wise (`edlora.layerwise_pipeline`) the region
+  prompts are encoded layer-wise too, by the pipeline's own `encode_prompt`, and the wrapped processor
+  (`edlora.LayerwiseProcessor`) gives each layer its slice, of the region's embedding as of the global one.
+Left out: per-region negative prompts, and the T2I-Adapter pose/sketch conditions with their per-region
+weights (no weights offline).
 
 Boxes here are (x0, y0, x1, y1), fractions of the image width and height; MoS writes [top, left, bottom,
 right], i.e. (y0, x0, y1, x1). The region processor wraps whatever processor the layer had (AttnProcessor2_0,

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dreamstudy.params import MULTI_VARIANTS, VARIANT_METHOD
 
 REGIONS = "regions"
+FUSION = "edlora_fusion"  # Mix-of-Show's gradient fusion, in a module of its own: no other merge depends on it
+FUSION_MODULE = "dreamstudy.multi.mix_of_show"
 
 
 def variant_method(variant: str) -> str:

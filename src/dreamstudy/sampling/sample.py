@@ -64,14 +64,26 @@ def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
 
 
+def on_sdpa(processor):
+    """`processor` with AttnProcessor2_0 in place of a plain AttnProcessor; a wrapper (ED-LoRA's layer-wise
+    processor, which keeps the layer's own in `.processor`) with its inner processor so replaced."""
+    if hasattr(processor, "processor"):
+        processor.processor = on_sdpa(processor.processor)
+        return processor
+    return AttnProcessor2_0() if type(processor) is AttnProcessor else processor
+
+
+def innermost(processor):
+    return innermost(processor.processor) if hasattr(processor, "processor") else processor
+
+
 def use_sdpa(model: torch.nn.Module) -> None:
     """Every attention layer of `model` (a UNet or a VAE) on PyTorch's SDPA: diffusers' AttnProcessor2_0 in
-    place of its plain AttnProcessor (what it falls back to without SDPA), set explicitly; any processor
-    that is neither, nor Custom Diffusion's SDPA one, is an error."""
-    processors = {name: AttnProcessor2_0() if type(processor) is AttnProcessor else processor
-                  for name, processor in model.attn_processors.items()}
-    other = {name: type(processor).__name__ for name, processor in processors.items()
-             if not isinstance(processor, SDPA_PROCESSORS)}
+    place of its plain AttnProcessor (what it falls back to without SDPA), set explicitly, inside a wrapper
+    too; any processor that is neither, nor Custom Diffusion's SDPA one, is an error."""
+    processors = {name: on_sdpa(processor) for name, processor in model.attn_processors.items()}
+    other = {name: type(innermost(processor)).__name__ for name, processor in processors.items()
+             if not isinstance(innermost(processor), SDPA_PROCESSORS)}
     if other:
         name, kind = next(iter(other.items()))
         raise ValueError(f"{type(model).__name__}: {len(other)} attention layer(s) without SDPA, e.g. {name} "
