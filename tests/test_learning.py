@@ -20,7 +20,6 @@ from dreamstudy.augment.dataset import instance_caption
 from dreamstudy.data.dataset import load_dataset
 from dreamstudy.data.fetch import fetch_dreambench
 from dreamstudy.methods import get_method
-from dreamstudy.methods.registry import tokenize
 from dreamstudy.methods.trainer import (
     Concept,
     Examples,
@@ -74,7 +73,7 @@ def held_out_loss(method, parts, subject, n=8) -> float:
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
     timesteps = torch.linspace(0, parts.noise_scheduler.config.num_train_timesteps - 1, n).long()
     caption = instance_caption(method.token("sks"), subject.class_name)
-    text = parts.text_encoder(tokenize(parts.tokenizer, [caption]))[0].expand(n, -1, -1)
+    text = method.encode_text(parts.text_encoder, method.input_ids(parts.tokenizer, [caption])).expand(n, -1, -1)
     return diffusion_loss(parts, latents, text, noise, timesteps).item()
 
 
