@@ -1,6 +1,6 @@
 """DVC stage `gather_multi`: every multi-concept run's scores -> results/multi/metrics (per-image and per-prompt
-tables, each variant's means over pairs with bootstrap intervals, tests against joint training, summary.json and
-headline.json). Loads no model."""
+tables, each variant's means over pairs with bootstrap intervals, tests against joint training, retention,
+summary.json and headline.json). Loads no model."""
 
 import gc
 
@@ -8,7 +8,14 @@ gc.disable()  # while the stage imports: see dreamstudy.cli.stage_args
 
 from dreamstudy.cli import run_stage, stage_args
 from dreamstudy.grid import runs
-from dreamstudy.metrics.multi_study import multi_stats, multi_tests, read_scores, write_multi_metrics
+from dreamstudy.metrics.multi_study import (
+    multi_stats,
+    multi_tests,
+    read_retention,
+    read_scores,
+    retention_stats,
+    write_multi_metrics,
+)
 
 
 def main(argv=None) -> None:
@@ -16,9 +23,11 @@ def main(argv=None) -> None:
     folders = [args.layout.scores(*run) for run in runs(p, args.study)]
     per_image, per_prompt, encoders = read_scores(folders)
     baseline = f"{p.multi.joint[0]}_joint" if p.multi.joint else None  # the first of joint training's variants
+    retention = retention_stats(read_retention(folders), p.seed, p.eval.bootstrap_samples, p.eval.confidence,
+                                p.eval.alpha)
     write_multi_metrics(args.layout.metrics, per_image, per_prompt,
                         multi_stats(per_prompt, p.seed, p.eval.bootstrap_samples, p.eval.confidence),
-                        multi_tests(per_prompt, baseline, p.eval.alpha), encoders)
+                        multi_tests(per_prompt, baseline, p.eval.alpha), retention, encoders)
 
 
 if __name__ == "__main__":

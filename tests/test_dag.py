@@ -64,11 +64,12 @@ def expected_outs(kind: str, layout: Layout, cell: dict) -> set[str]:
         "train_multi": [layout.model(*pair_run), layout.train_log(*pair_run) / "metrics.json",
                         layout.train_log(*pair_run) / "plots/metrics/loss.tsv"],
         "merge_multi": [layout.model(*pair_run)],
-        "sample_multi": [layout.samples(*pair_run)],
+        "sample_multi": [layout.samples(*pair_run)] + (
+            [] if "@" in (cell.get("variant") or "@") else [layout.retention(cell["variant"], cell["pair"])]),
         "evaluate_multi": [layout.scores(*pair_run)],
         "gather_multi": [layout.metrics / name for name in
-                         ("per_image.csv", "per_prompt.csv", "stats.csv", "tests.csv", "encoders.json", "summary.json",
-                          "headline.json")],
+                         ("per_image.csv", "per_prompt.csv", "stats.csv", "tests.csv", "retention.csv", "encoders.json",
+                          "summary.json", "headline.json")],
         "report_multi": [layout.paper],
     }
     return {str(path) for path in paths[kind]}
@@ -76,7 +77,8 @@ def expected_outs(kind: str, layout: Layout, cell: dict) -> set[str]:
 
 def everything() -> dict:
     """The smoke params with every method, strategy and multi-concept variant, so that each kind and item is there."""
-    return smoke_params(**{"train.methods": list(METHODS), "aug.strategies": list(STRATEGIES),
+    return smoke_params(**{"train.methods": [m for m in METHODS if m != "edlora"], "train.baseline_methods": ["edlora"],
+                           "aug.strategies": list(STRATEGIES),
                            "ablation.strategies": [s for s in STRATEGIES if s != BASELINE],
                            "multi.joint": list(METHODS), "multi.merges": {m: list(h) for m, h in MERGES.items()},
                            "multi.regional": list(MULTI_VARIANTS)})

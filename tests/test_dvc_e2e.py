@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -24,6 +25,8 @@ from dreamstudy import dag
 from dreamstudy.params import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE_TRAIN = yaml.safe_load((ROOT / "params.smoke.yaml").read_text())["train"]
+GRID_METHODS, BASELINE_METHODS = SMOKE_TRAIN["methods"], SMOKE_TRAIN["baseline_methods"]  # the smoke's
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
 
@@ -82,11 +85,19 @@ def test_every_stage_runs_and_every_output_exists(smoke):
     assert tables and all("random" in t.read_text().lower() for t in tables)
     assert (repo / "models/lora/classic/dog/pytorch_lora_weights.safetensors").is_file()
     assert (repo / "results/samples/lora/none/backpack/samples.jsonl").is_file()
-    # the multi-concept study: one pair, joint and merged, with and without regions
-    assert {"train_multi@pair0-lora", "merge_multi_lora@pair0-sum", "sample_multi_regions@pair0-lora_sum",
-            "evaluate_multi_joint@pair0-lora", "gather_multi", "report_multi"} <= ran
+    # the multi-concept study: one pair, joint, merged and Mix-of-Show (fused ED-LoRAs), the last with and
+    # without regions
+    assert {"train_multi@pair0-lora", "merge_multi_lora@pair0-sum", "merge_multi_edlora@pair0-fusion",
+            "sample_multi_regions@pair0-edlora_fusion", "evaluate_multi_joint@pair0-lora", "gather_multi",
+            "report_multi"} <= ran
     assert set(json.loads((repo / "results/multi/metrics/summary.json").read_text())) == {
-        "lora_joint", "lora_sum", "lora_sum@regions"}
+        "lora_joint", "lora_sum", "edlora_fusion", "edlora_fusion@regions"}
+    assert (repo / "models/multi/edlora_fusion/none/dog+backpack/fused_weights.safetensors").is_file()
+    # retention: each subject alone from every plain variant, against its single-concept model
+    retention = pd.read_csv(repo / "results/multi/metrics/retention.csv")
+    assert set(retention.variant) == {"lora_joint", "lora_sum", "edlora_fusion"}
+    assert set(retention.metric) == {"dino", "clip_i", "clip_t"} and retention["mean_diff"].notna().all()
+    assert "Retention" in (repo / "paper/multi/retention.tex").read_text()
     assert "random" in (repo / "paper/multi/table.tex").read_text().lower()
     assert (repo / "paper/multi/samples_dog+backpack.png").is_file()
 
@@ -143,15 +154,21 @@ def with_edit(repo: Path, path: str) -> set[str]:
     return changed_by(repo, path, lambda text: text + "# edited\n")
 
 
-def grid(stage: str, subjects=("dog", "backpack"), methods=METHODS, strategies=("none", "classic")) -> set[str]:
-    return {f"{stage}@{subject}-{method}-{strategy}" for subject in subjects for method in methods
-            for strategy in strategies}
+def grid(stage: str, subjects=("dog", "backpack"), methods=None, strategies=("none", "classic")) -> set[str]:
+    """The `stage` stages of `methods` (default: the smoke's); baseline methods' on `none` only."""
+    methods = [*GRID_METHODS, *BASELINE_METHODS] if methods is None else methods
+    on_grid = [m for m in methods if m not in BASELINE_METHODS]
+    baseline = [m for m in methods if m in BASELINE_METHODS] if "none" in strategies else []
+    return {*(f"{stage}@{subject}-{method}-{strategy}" for subject in subjects for method in on_grid
+              for strategy in strategies),
+            *(f"{stage}_baseline@{subject}-{method}-none" for subject in subjects for method in baseline)}
 
 
 def test_a_new_subject_runs_its_own_stages_then_the_gather(smoke):
     repo, _ = smoke
     changed = with_params(repo, **{"data.subjects": ["dog", "backpack", "can"]})
-    assert changed == {"class_priors@can", "gather", *(f"prior_set@can-{m}" for m in METHODS),
+    assert changed == {"class_priors@can", "gather", *(f"prior_set@can-{m}" for m in GRID_METHODS),
+                       *(f"prior_set_baseline@can-{m}" for m in BASELINE_METHODS),
                        *(f"augment@can-{s}" for s in ("none", "classic")),
                        *(s for stage in ("train", "sample", "evaluate") for s in grid(stage, subjects=["can"]))}
 
@@ -218,7 +235,7 @@ def kind_of(stage: str) -> str:
         variant = {"": f"{item}_joint", "joint": f"{item}_joint", "regions": f"{item}@regions"}.get(
             source, f"{source}_{item}")
         return f"multi/{kind}_multi-{variant}"
-    kind, study = (name.removesuffix("_ablation_none").removesuffix("_ablation"),
+    kind, study = (name.removesuffix("_ablation_none").removesuffix("_ablation").removesuffix("_baseline"),
                    "ablation" if "_ablation" in name else "main")
     by = dag.KINDS[kind].by
     if by is None:

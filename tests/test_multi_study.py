@@ -1,6 +1,6 @@
 """The multi-concept study's measures and tables: each subject's DINO and CLIP-I of a pair's image, their mean
-and minimum, CLIP-T without either identifier, CLIPScore; each variant's mean over pairs with its interval, and
-paired tests against joint training."""
+and minimum, CLIP-T without either identifier, CLIPScore; each variant's mean over pairs with its interval,
+paired tests against joint training; retention, image by image against the single-concept model."""
 
 
 import numpy as np
@@ -11,7 +11,13 @@ from PIL import Image
 
 from dreamstudy.metrics.cache import EmbeddingCache
 from dreamstudy.metrics.multi import CLIP_SCORE_WEIGHT, clip_t_text, evaluate_pair
-from dreamstudy.metrics.multi_study import multi_stats, multi_tests
+from dreamstudy.metrics.multi_study import (
+    RETENTION_COLUMNS,
+    multi_stats,
+    multi_tests,
+    retention_stats,
+    retention_table,
+)
 from dreamstudy.metrics.registry import MULTI_METRICS
 from dreamstudy.multi.variants import parse_sample_label, sample_label
 
@@ -96,3 +102,41 @@ def test_sample_labels():
     for bad in ("mix_of_show", "lora_sum@boxes"):
         with pytest.raises(ValueError, match="no multi-concept variant"):
             parse_sample_label(bad)
+
+
+def per_image_scores(subject: str, offset: float, seed_shift: int = 0) -> pd.DataFrame:
+    """Per-image scores (metrics.evaluate's columns that retention reads) of 2 prompts x 2 images."""
+    return pd.DataFrame([{"subject": subject, "prompt_index": p, "image_index": k, "prompt": f"prompt {p}",
+                          "seed": 10 * p + k + seed_shift, "dino": 0.5 + offset + p / 10, "clip_i": 0.6 + offset,
+                          "clip_t": 0.3 - offset} for p in range(2) for k in range(2)])
+
+
+def retention(shift: float, pairs: int = 3) -> pd.DataFrame:
+    """Each pair's two subjects alone from `lora_sum`, their scores `shift` off the single-concept ones."""
+    return pd.concat([retention_table("lora_sum", f"pair{i}", per_image_scores(s, shift + i / 100),
+                                      per_image_scores(s, i / 100), where="test")
+                      for i in range(pairs) for s in ("dog", "backpack")], ignore_index=True)
+
+
+def test_retention_pairs_each_image_with_the_single_concept_one():
+    table = retention(-0.1)
+    assert list(table.columns) == list(RETENTION_COLUMNS) and len(table) == 3 * 2 * 4
+    assert (table.dino - table.dino_single).to_numpy() == pytest.approx([-0.1] * len(table))
+    assert (table.clip_t - table.clip_t_single).to_numpy() == pytest.approx([0.1] * len(table))
+    with pytest.raises(ValueError, match=r"here: 4 image\(s\) without the same prompt and seed"):
+        retention_table("lora_sum", "pair0", per_image_scores("dog", 0), per_image_scores("dog", 0, seed_shift=1),
+                        where="here")
+    with pytest.raises(ValueError, match=r"here: 2 image\(s\)"):  # the single-concept run has one prompt only
+        single = per_image_scores("dog", 0)
+        retention_table("lora_sum", "pair0", per_image_scores("dog", 0), single[single.prompt_index == 0], where="here")
+
+
+def test_retention_means_differences_and_tests():
+    stats = retention_stats(retention(-0.1), seed=0, n_boot=200, confidence=0.9, alpha=0.05)
+    dino = stats[stats.metric == "dino"].iloc[0]
+    assert set(stats.metric) == {"dino", "clip_i", "clip_t"} and dino.n_pairs == 3
+    assert dino.mean_diff == pytest.approx(-0.1) and dino.ci_low <= -0.1 <= dino.ci_high
+    assert dino["mean"] == pytest.approx(dino.single - 0.1) and dino.single == pytest.approx(0.56)
+    assert dino.p_value == pytest.approx(0.25) and not dino.significant  # exact Wilcoxon, n = 3, all below 0
+    same = retention_stats(retention(0.0), seed=0, n_boot=200, confidence=0.9, alpha=0.05)
+    assert same.p_value.isna().all() and (same.note == "all differences are 0").all()

@@ -51,6 +51,7 @@ def test_committed_params_files_are_valid(tmp_path):
     ("train.lora.rank", 0, "train.lora.rank"),
     ("data.subjects", ["dog", "unicorn"], "unicorn"),
     ("train.methods", ["lora", "magic"], "train.methods"),
+    ("train.baseline_methods", ["lora"], "train.baseline_methods"),
     ("aug.strategies", ["none", "cutout"], "aug.strategies"),
     ("sample.scheduler", "heun", "sample.scheduler"),
     ("model.resolution", 30, "model.resolution"),
@@ -244,7 +245,8 @@ def test_a_pair_subject_needs_an_identifier_and_a_merge_its_single_concept_model
     raw = with_change(smoke, "multi.pairs", [{"first": "dog", "second": "can"}])
     with pytest.raises(ParamsError, match=r"main study's training sets .*data\.subjects lacks \['can'\]"):
         validate_params(raw)
-    with pytest.raises(ParamsError, match=r"train\.methods lacks 'lora' \(for multi variant 'lora_sum'\)"):
+    lacks_lora = r"train\.methods \(or baseline_methods\) lacks 'lora' \(for multi variant 'lora_sum'\)"
+    with pytest.raises(ParamsError, match=lacks_lora):
         validate_params(with_change(smoke, "train.methods", ["dreambooth"]))
     with pytest.raises(ParamsError, match=r"aug\.strategies lacks 'none'"):
         validate_params(with_change(smoke, "aug.strategies", ["classic"]))

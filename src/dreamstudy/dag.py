@@ -107,7 +107,9 @@ def _sample_multi(p: Params, study: str, label: str) -> list[str]:
     return ["seed", "model.pretrained", "model.resolution", f"train.{variant_method(variant)}",
             "multi.prompts_per_pair", "multi.images_per_prompt", "sample.num_inference_steps",
             "sample.guidance_scale", "sample.scheduler", "sample.batch_size", "sample.compile",
-            "sample.channels_last", *(["multi.regions"] if regional else [])]
+            "sample.channels_last",
+            # with regions: the boxes; without: also each subject alone on the main study's prompts (retention)
+            *(["multi.regions"] if regional else ["data.prompts_per_subject", "sample.images_per_prompt"])]
 
 
 def _gather_multi(p: Params, study: str, item: None) -> list[str]:
@@ -121,7 +123,8 @@ def _evaluate(p: Params, study: str, item: None) -> list[str]:
 
 
 def _gather(p: Params, study: str, item: None) -> list[str]:
-    grid = ["data.subjects", "train.methods", "aug.strategies"] if study == "main" else ["ablation"]
+    grid = ["data.subjects", "train.methods", "train.baseline_methods", "aug.strategies"] if study == "main" \
+        else ["ablation"]
     return ["seed", "eval.memorization_threshold", "eval.bootstrap_samples", "eval.confidence", "eval.alpha", *grid]
 
 

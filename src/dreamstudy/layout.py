@@ -77,6 +77,11 @@ class Layout:
         """One run's per-image scores, DIV, PRES and the subject's real-image row (the evaluate stage)."""
         return self._path("results", "scores", self.run(method, strategy, subject))
 
+    def retention(self, variant: str, pair: str) -> Path:
+        """Each subject of `pair` alone, from the pair's `variant` model, on its main-study prompts and seeds:
+        one samples folder per subject inside (the multi-concept study's retention)."""
+        return self._path("results", "retention", variant, pair)
+
     @property
     def samples_root(self) -> Path:
         return self._path("results", "samples")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.errors import StudyError
@@ -200,7 +200,11 @@ class CheckpointParams(Section):
 
 
 class TrainParams(Section):
-    methods: list[Literal[METHODS]] = Field(description="personalization methods of the study (DAG shape)")
+    methods: list[Literal[METHODS]] = Field(description="personalization methods of the study, each trained on "
+                                                        "every strategy of aug.strategies (DAG shape)")
+    baseline_methods: list[Literal[METHODS]] = Field(
+        description="more methods, trained on the original images only (strategy none; no augmentation grid): "
+                    "e.g. edlora, whose models Mix-of-Show fuses (DAG shape; [] = none)")
     identifiers: dict[str, str] = Field(
         description="subject -> the rare word that names it in captions and prompts: one token of SD's tokenizer "
                     "from its rarest fifth, a different one per subject, so that two subjects' models compose")
@@ -215,6 +219,20 @@ class TrainParams(Section):
     textual_inversion: TextualInversionParams
     custom_diffusion: CustomDiffusionParams
     edlora: EdloraParams
+
+    @field_validator("baseline_methods")
+    @classmethod
+    def _not_on_the_grid_too(cls, baseline: list[str], info: ValidationInfo) -> list[str]:
+        twice = sorted(set(baseline) & set(info.data.get("methods", [])))
+        if twice or len(set(baseline)) != len(baseline):
+            raise ValueError(f"lists {twice or 'a method'} twice, or also in train.methods: a method runs on every "
+                             "strategy (methods) or on the original images only (baseline_methods)")
+        return baseline
+
+    @property
+    def every_method(self) -> list[str]:
+        """The main study's methods: those of the augmentation grid, then those on the original images only."""
+        return [*self.methods, *self.baseline_methods]
 
     @field_validator("identifiers")
     @classmethod
@@ -419,8 +437,8 @@ class Params(Section):
     @model_validator(mode="after")
     def _multi_builds_on_the_main_study(self) -> "Params":
         methods = {v: VARIANT_METHOD[v] for v in self.multi.variants}
-        absent = [f"train.methods lacks {m!r} (for multi variant {v!r})" for v, m in methods.items()
-                  if m not in self.train.methods]
+        absent = [f"train.methods (or baseline_methods) lacks {m!r} (for multi variant {v!r})"
+                  for v, m in methods.items() if m not in self.train.every_method]
         if BASELINE not in self.aug.strategies:
             absent.append(f"aug.strategies lacks {BASELINE!r}")
         subjects = sorted({s for pair in self.multi.pairs for s in pair.subjects} - set(self.data.subjects))
@@ -434,7 +452,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _priors_exist(self) -> "Params":
-        for method in {*self.train.methods, self.ablation.method}:
+        for method in {*self.train.every_method, self.ablation.method}:
             if getattr(self.train, method).prior_preservation and self.priors.num_images == 0:
                 raise ValueError(f"train.{method}.prior_preservation needs class images, "
                                  "but priors.num_images is 0")

@@ -3,9 +3,10 @@ encoders: per image, each subject's DINO and CLIP-I (the whole image against tha
 CustomConcept101 scores it; no crops), their mean and their minimum over the two subjects (an image that
 shows only one of them scores low on the minimum), CLIP-T (the prompt without the identifiers, as the main
 study) and CLIPScore beside it for the published comparison; DIV per prompt. The whole study's tables and
-intervals: multi_study.py.
+intervals: multi_study.py. Retention: each subject alone from the pair's model, scored as the main study scores
+a run (metrics.evaluate), beside its single-concept model's scores of the same prompts and seeds.
 
-Left for later (issue 11): detector crops, identity mixing, retention."""
+Left for later (issue 11): detector crops, identity mixing."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import pandas as pd
 import torch
 
 from dreamstudy.io import read_jsonl
+from dreamstudy.layout import Run, key_subjects
 from dreamstudy.metrics.cache import EmbeddingCache
 from dreamstudy.metrics.diversity import mean_pairwise_lpips
 from dreamstudy.metrics.encoders import Encoders
+from dreamstudy.metrics.evaluate import evaluate_samples
 from dreamstudy.metrics.images import open_images
-from dreamstudy.metrics.multi_study import PAIR_IMAGE_KEYS, PER_SUBJECT, PROMPT_KEYS
+from dreamstudy.metrics.multi_study import PAIR_IMAGE_KEYS, PER_SUBJECT, PROMPT_KEYS, retention_table
 from dreamstudy.metrics.registry import (
     CLIP_I_MEAN,
     CLIP_I_MIN,
@@ -31,6 +34,8 @@ from dreamstudy.metrics.registry import (
     DIV,
     MULTI_IMAGE_METRICS,
 )
+from dreamstudy.metrics.run import read_run
+from dreamstudy.metrics.scores import read_scores
 from dreamstudy.metrics.similarity import pairwise_cosine, remove_identifier
 from dreamstudy.metrics.tables import require_keys
 from dreamstudy.multi.variants import sample_label
@@ -109,3 +114,20 @@ def pair_diversity(samples: list[dict], encoders: Encoders) -> pd.DataFrame:
                         DIV.name: mean_pairwise_lpips(encoders.lpips, open_images(paths), where=paths)})
     return pd.DataFrame.from_records(records, columns=[*PROMPT_KEYS, DIV.name])
 
+
+
+def retention_scores(dataset_dir: Path, retention_dir: Path, variant: str, pair: str,
+                     single: Mapping[str, tuple[Path, Run]], encoders: Encoders, batch_size: int,
+                     cache: EmbeddingCache, seed: int) -> pd.DataFrame:
+    """`multi_study.retention_table` of each subject of `pair`: its samples alone from the pair's `variant`
+    model (retention_dir/<subject>, run key (variant, pair, subject)) against its single-concept run's per-image
+    scores, `single[subject]` = (score folder, run key) of the main study."""
+    tables = []
+    for subject in key_subjects(pair):
+        run = (variant, pair, subject)
+        inputs = read_run(dataset_dir, retention_dir / subject, retention_dir / subject, run, seed)  # no PRES
+        alone = evaluate_samples(inputs.samples, {subject: inputs.references}, encoders, batch_size, cache=cache)
+        folder, single_run = single[subject]
+        tables.append(retention_table(variant, pair, alone, read_scores(folder, single_run).per_image,
+                                      where=f"{retention_dir / subject} against {folder}"))
+    return pd.concat(tables, ignore_index=True)

@@ -36,14 +36,11 @@ from dreamstudy.multi.gradient_fusion import (
     sample_run,
     weights_applied,
 )
+from dreamstudy.multi.merge import adapter_names
 from dreamstudy.seeding import derive_seed
 
 TEMPLATES = ("photo of a {}", "{}")  # MoS's two prompts per concept (steps 1 and 2); step 3 samples the first
 SAMPLE_STEPS = 20  # MoS's step 3: 20 DPM-Solver steps, batch 1, no guidance, every step recorded
-
-
-def adapter_name(i: int) -> str:
-    return f"concept{i}"
 
 
 def load_concepts(pipe: StableDiffusionPipeline, folders: Sequence[Path]) -> list[LayerwiseToken]:
@@ -75,7 +72,7 @@ def fuse_edloras(pipe: StableDiffusionPipeline, folders: Sequence[Path], out: Pa
                          f"{[c.token for c in concepts]}")
     num_layers = len(concepts[0].tokens)
     base_text_encoder, base_unet = copy.deepcopy(pipe.text_encoder), copy.deepcopy(pipe.unet)
-    names = [adapter_name(i) for i in range(len(folders))]
+    names = adapter_names(len(folders))
     for folder, name in zip(folders, names):
         pipe.load_lora_weights(folder, weight_name=WEIGHTS, adapter_name=name)
 

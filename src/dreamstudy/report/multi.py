@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from dreamstudy.io import atomic_dir
+from dreamstudy.metrics.multi_study import RETAINED
 from dreamstudy.metrics.registry import CLIP_T, DINO_MIN, MULTI_METRICS
 from dreamstudy.metrics.scores import ENCODERS
 from dreamstudy.models.loading import RANDOM_MODELS
@@ -56,6 +57,29 @@ def table_latex(stats: pd.DataFrame, tests: pd.DataFrame, notes: list[str]) -> s
     header = ["Variant", *(m.label for m in MULTI_METRICS)]
     return booktabs(header, "l" + "r" * len(MULTI_METRICS), [Block(rows), Block(cited, "Published")],
                     caption.strip(), "tab:multi")
+
+
+def retention_latex(retention: pd.DataFrame, notes: list[str]) -> str:
+    """Per plain variant and retained measure: each subject alone from the pair's model, its single-concept
+    model on the same prompts and seeds, and their difference with its interval (* where Wilcoxon over pairs
+    finds it differs from 0)."""
+    rows = []
+    for variant, runs in retention.groupby("variant", sort=False):
+        by_metric = runs.set_index("metric")
+        cells = []
+        for metric in RETAINED:
+            row = by_metric.loc[metric.name]
+            cells += [number(row["mean"]), number(row["single"]),
+                      estimate(row["mean_diff"], row["ci_low"], row["ci_high"], bool(row["significant"]))]
+        rows.append([escape_latex(variant), *cells])
+    confidence = retention["confidence"].iloc[0] if len(retention) else math.nan
+    alpha = retention["alpha"].iloc[0] if len(retention) else math.nan
+    caption = ("Retention: each subject alone, on its DreamBench prompts, from the pair's model against its own "
+               "single-concept model of the main study (same method, original images, same prompts and seeds). "
+               f"Means over pairs; the difference with {confidence:.0%} hierarchical bootstrap intervals (pairs, "
+               f"then prompts); * where it differs from 0 (Wilcoxon over pairs, p < {alpha}). " + " ".join(notes))
+    header = ["Variant", *(f"{m.label} {part}" for m in RETAINED for part in ("pair model", "single", "difference"))]
+    return booktabs(header, "l" + "r" * 3 * len(RETAINED), [Block(rows)], caption.strip(), "tab:multi-retention")
 
 
 def plane_figure(stats: pd.DataFrame, folder: Path, notes: list[str]) -> None:
@@ -104,13 +128,16 @@ def sample_grids(per_image: pd.DataFrame, samples_root: Path, folder: Path) -> N
 
 
 def write_multi_report(metrics_dir: Path, samples_root: Path, out_dir: Path) -> list[Path]:
-    """paper/multi/ appears whole: table.tex, fidelity_vs_clip_t.{pdf,png}, samples_<pair>.{pdf,png}."""
+    """paper/multi/ appears whole: table.tex, retention.tex, fidelity_vs_clip_t.{pdf,png},
+    samples_<pair>.{pdf,png}."""
     stats = pd.read_csv(metrics_dir / "stats.csv")
+    retention = pd.read_csv(metrics_dir / "retention.csv")
     tests = pd.read_csv(metrics_dir / "tests.csv")
     per_image = pd.read_csv(metrics_dir / "per_image.csv")
     notes = labels(json.loads((metrics_dir / ENCODERS).read_text()), per_image)
     with atomic_dir(out_dir) as tmp:
         (tmp / "table.tex").write_text(table_latex(stats, tests, notes))
+        (tmp / "retention.tex").write_text(retention_latex(retention, notes))
         plane_figure(stats, tmp, notes)
         sample_grids(per_image, samples_root, tmp)
     return sorted(out_dir.iterdir())
