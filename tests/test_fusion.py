@@ -67,6 +67,24 @@ def test_orthogonal_input_subspaces_each_reproduced():
     assert torch.allclose(unseen @ fused.T, unseen @ w0.T, rtol=0, atol=1e-10)
 
 
+def test_directions_below_the_activations_precision_keep_w0():
+    """A direction whose share of the activations is below their dtype's rounding is noise, not signal: the
+    closed form's default cutoff (in x eps of the inputs' dtype) keeps W0 there for float32 inputs, and fits it
+    for the same values in float64."""
+    g = torch.Generator().manual_seed(3)
+    w0, (w1,), _ = problem(rows=(1,), seed=3)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=F64))
+    scales = torch.ones(12, dtype=F64)
+    scales[-1] = 1e-5  # eigenvalue 1e-10 of the largest: above float64's rounding, below float32's
+    x = (torch.randn(40, 12, generator=g, dtype=F64) * scales) @ q.T
+    weak = q[:, -1:].T
+    coarse = fuse_layer(w0, [ConceptLayer(w1, inputs=x.float())])
+    fine = fuse_layer(w0, [ConceptLayer(w1, inputs=x)])
+    assert torch.allclose(weak @ coarse.T.to(F64), weak @ w0.T, rtol=0, atol=1e-5)
+    assert torch.allclose(fine, w1, rtol=0, atol=1e-4)  # rounding amplified by the condition number, 1e10
+    assert not torch.allclose(weak @ w1.T, weak @ w0.T, rtol=0, atol=1e-2)  # the two answers differ there
+
+
 def test_identical_loras_give_their_weight():
     w0, (w1, _), inputs = problem(rows=(8, 9))  # each alone rank-deficient, together full rank
     fused = fuse_layer(w0, [ConceptLayer(w1, inputs=x) for x in inputs])

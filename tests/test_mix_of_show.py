@@ -130,3 +130,20 @@ def test_two_folders_of_one_concept_are_refused_by_name(trained, tmp_path):
     with pytest.raises(ValueError, match=rf"{copy}.*<sks>"):
         fuse_edloras(stock_pipeline(), [folder, copy], tmp_path / "fused")
     assert not (tmp_path / "fused").exists()
+
+
+def test_mix_of_shows_lbfgs_solver_reaches_the_closed_form_on_kv(trained, tmp_path):
+    """The stage's `multi.fusion.solver: lbfgs` (Mix-of-Show's iterations): on K/V, whose inputs are a few rows
+    (fewer than their dimensions, so each concept's outputs are met exactly), it converges to the closed form's
+    minimum-change solution. (Elsewhere the two agree on the directions the activations resolve and part where
+    their Gram is ill-conditioned: tests/test_fusion.py compares them on random data.)"""
+    folders = [folder for *_, folder in trained]
+    fuse_edloras(stock_pipeline(), folders, tmp_path / "closed", resolution=RESOLUTION)
+    fuse_edloras(stock_pipeline(), folders, tmp_path / "lbfgs", solver="lbfgs", text_iters=200, unet_iters=5,
+                 resolution=RESOLUTION)
+    closed, lbfgs = load_file(tmp_path / "closed" / FUSED), load_file(tmp_path / "lbfgs" / FUSED)
+    assert closed.keys() == lbfgs.keys()
+    converged = [key for key in closed if key.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
+    assert len(converged) == 2 * len(cross_attention_layers(stock_pipeline().unet))
+    for key in converged:
+        torch.testing.assert_close(lbfgs[key], closed[key], rtol=0, atol=5e-4)

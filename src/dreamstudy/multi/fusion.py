@@ -75,6 +75,7 @@ class GramAccumulator:
             raise ValueError(f"in_features must be positive, got {in_features}")
         self.gram = torch.zeros(in_features, in_features, dtype=dtype, device=device)
         self.rows = 0
+        self.input_eps = 0.0  # the coarsest rounding of the activations seen: what the Gram can resolve
 
     @property
     def in_features(self) -> int:
@@ -84,6 +85,7 @@ class GramAccumulator:
     def update(self, x: torch.Tensor) -> GramAccumulator:
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"activations must be [..., {self.in_features}], got {tuple(x.shape)}")
+        self.input_eps = max(self.input_eps, torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0)
         x = x.detach().reshape(-1, self.in_features).to(self.gram.device, self.gram.dtype)
         self.gram.addmm_(x.T, x)
         self.rows += x.shape[0]
@@ -219,7 +221,12 @@ def fuse_layer(w0: torch.Tensor, concepts: Sequence[ConceptLayer], solver: str =
                **options) -> torch.Tensor:
     """Gradient fusion of one linear layer (module docstring, 1). `solver`: "closed_form" (default; uses
     each concept's `gram`, or the Gram of its `inputs`; options rtol, ridge) or "lbfgs" (MoS's iterative
-    solver; needs `inputs`; options iters, history_size, lr, dtype). Returns W in w0's dtype."""
+    solver; needs `inputs`; options iters, history_size, lr, dtype). Returns W in w0's dtype.
+
+    The closed form's default rtol is set by the activations' precision, not the Gram's: in x eps of the
+    coarsest dtype the layer's inputs came in (float32 activations: 1.2e-7), since eigen-directions below
+    that are rounding noise of the activations, and inverting them moves W far along directions no concept
+    really sees (LBFGS from W0 leaves W0 there)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {', '.join(SOLVERS)}")
     weights = [c.weight for c in concepts]
@@ -229,16 +236,22 @@ def fuse_layer(w0: torch.Tensor, concepts: Sequence[ConceptLayer], solver: str =
         if missing:
             raise ValueError(f"the lbfgs solver needs inputs, missing for concepts {missing}")
         return lbfgs_fusion(w0, weights, [c.inputs for c in concepts], **options)
-    grams = []
+    accumulators = []
     for i, c in enumerate(concepts):
-        if c.gram is not None:
-            grams.append(c.gram.gram if isinstance(c.gram, GramAccumulator) else c.gram)
+        if isinstance(c.gram, GramAccumulator):
+            accumulators.append(c.gram)
+        elif c.gram is not None:
+            accumulators.append(None)
         elif c.inputs is not None:
             if c.inputs.ndim == 0 or c.inputs.shape[-1] != w0.shape[1]:
                 raise ValueError(f"concept {i}: inputs must be [..., {w0.shape[1]}], got {tuple(c.inputs.shape)}")
-            grams.append(GramAccumulator.of(c.inputs).gram)
+            accumulators.append(GramAccumulator.of(c.inputs))
         else:
             raise ValueError(f"concept {i}: needs a gram or inputs")
+    grams = [a.gram if a is not None else c.gram for a, c in zip(accumulators, concepts)]
+    input_eps = max((a.input_eps for a in accumulators if a is not None), default=0.0)
+    if "rtol" not in options and "ridge" not in options and input_eps > 0:
+        options = {**options, "rtol": w0.shape[1] * input_eps}
     return closed_form_fusion(w0, weights, grams, **options)
 
 
