@@ -8,8 +8,10 @@ decaying spectrum (singular values 1 .. 10^-1.5, a random rotation per concept) 
 activations have. Rows per concept: MoS's count where it is small (text encoder: 16 layer-bound copies of
 "photo of a <c>" and "<c>", 11 tokens; K/V: new tokens + EOS of those two prompts, 6 rows), --rows for
 the UNet's other layers (MoS records 20 steps x 4096 tokens at 64x64, x 1024 at 32x32, x 64 at 8x8).
- - closed form: Gram matrices streamed in chunks of 1024 rows (GramAccumulator, float64), then the
-   eigh-based solve (dreamstudy.multi.fusion.closed_form_fusion); timed together;
+ - closed form: Gram matrices streamed in chunks of 1024 rows (GramAccumulator, float64), then the solve as
+   the fusion stage runs it (dreamstudy.multi.fusion.fuse_layer: eigen-directions below the float32
+   activations' precision dropped; with fewer rows than features, as K/V, solved in the rows' space);
+   timed together;
  - LBFGS: MoS's solver and settings (lbfgs_fusion: float32, history 25, strong Wolfe, lr 1) at MoS's
    iteration counts: 500 for the text encoder and K/V, 50 for the other UNet layers.
 Reports both times and the speedup, the max abs difference between the two fused layers' outputs on the
@@ -33,8 +35,9 @@ import torch
 from dreamstudy.multi.fusion import (
     MOS_TEXT_ITERS,
     MOS_UNET_ITERS,
+    ConceptLayer,
     GramAccumulator,
-    closed_form_fusion,
+    fuse_layer,
     fusion_loss,
     lbfgs_fusion,
 )
@@ -94,15 +97,16 @@ def run_case(case: Case, concepts: int, rows: int, device: str, seed: int) -> di
 
     sync(device)
     start = time.perf_counter()
-    grams = []
+    accumulators = []
     for x in inputs:
         acc = GramAccumulator(case.n_in, device=device)
         for chunk in x.split(CHUNK):
             acc.update(chunk)
-        grams.append(acc.gram)
+        accumulators.append(acc)
     sync(device)
     gram_s = time.perf_counter() - start
-    closed = closed_form_fusion(w0, weights, grams)
+    closed = fuse_layer(w0, [ConceptLayer(w, gram=acc) for w, acc in zip(weights, accumulators)])
+    grams = [acc.gram for acc in accumulators]
     sync(device)
     closed_s = time.perf_counter() - start
     cuda_peak = torch.cuda.max_memory_allocated() - base_allocated if device.startswith("cuda") else None
@@ -117,8 +121,9 @@ def run_case(case: Case, concepts: int, rows: int, device: str, seed: int) -> di
     out_scale = max((xi.double() @ wi.double().T).abs().max().item() for xi, wi in zip(inputs, weights))
     f64 = [w.double() for w in weights], [xi.double() for xi in inputs]
     eig = torch.linalg.eigvalsh(sum(grams))
-    seen = eig > case.n_in * torch.finfo(eig.dtype).eps * eig[-1]  # the closed form's pseudo-inverse cutoff
-    kept_bytes = 8 * (concepts * case.n_in**2 + 2 * case.n_in**2 + case.n_out * case.n_in)  # G_i, G, eigvecs, D
+    seen = eig > case.n_in * torch.finfo(inputs[0].dtype).eps * eig[-1]  # fuse_layer's cutoff
+    kept_rows = sum(acc.kept_rows.numel() for acc in accumulators if acc.kept_rows is not None)
+    kept_bytes = 8 * (concepts * case.n_in**2 + 2 * case.n_in**2 + case.n_out * case.n_in + kept_rows)
     return {
         "case": case.name, "in": case.n_in, "out": case.n_out, "concepts": concepts, "rows_per_concept": rows,
         "lbfgs_iters": case.iters, "gram_rank": int(seen.sum()),

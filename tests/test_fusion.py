@@ -69,8 +69,8 @@ def test_orthogonal_input_subspaces_each_reproduced():
 
 def test_directions_below_the_activations_precision_keep_w0():
     """A direction whose share of the activations is below their dtype's rounding is noise, not signal: the
-    closed form's default cutoff (in x eps of the inputs' dtype) keeps W0 there for float32 inputs, and fits it
-    for the same values in float64."""
+    closed form's default cutoff (fusion.activation_rtol of the inputs' dtype) keeps W0 there for float32
+    inputs, and fits it for the same values in float64."""
     g = torch.Generator().manual_seed(3)
     w0, (w1,), _ = problem(rows=(1,), seed=3)
     q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=F64))
@@ -102,7 +102,7 @@ def test_gram_streamed_in_chunks_equals_one_shot_and_keeps_no_activations():
     assert torch.allclose(acc.gram, one_shot, rtol=1e-12, atol=1e-12)
     assert torch.allclose(GramAccumulator.of(x).gram, one_shot, rtol=1e-12, atol=1e-12)
     tensors = [v for v in vars(acc).values() if isinstance(v, torch.Tensor)]
-    assert [tuple(t.shape) for t in tensors] == [(16, 16)]
+    assert [tuple(t.shape) for t in tensors] == [(16, 16)] and acc.kept_rows is None  # 111 rows > 16 features
     assert acc.gram.dtype == F64
     # a streamed Gram is all the closed form needs
     w0, weights, inputs = problem(n_in=16, rows=(40, 40))
@@ -113,6 +113,22 @@ def test_gram_streamed_in_chunks_equals_one_shot_and_keeps_no_activations():
     streamed = fuse_layer(w0, [ConceptLayer(w, gram=a) for w, a in zip(weights, grams)])
     direct = fuse_layer(w0, [ConceptLayer(w, inputs=x) for w, x in zip(weights, inputs)])
     assert torch.allclose(streamed, direct, rtol=0, atol=1e-12)
+
+
+def test_few_rows_are_solved_in_their_space_as_through_the_gram():
+    """With fewer rows than features (K/V: 6 a concept) the accumulator keeps them, and the closed form solves
+    an N x N problem in place of the in x in one: the same W."""
+    w0, weights, inputs = problem(n_in=16, rows=(5, 4))
+    accumulators = [GramAccumulator(16).update(x[:3]).update(x[3:]) for x in inputs]
+    assert [tuple(a.kept_rows.shape) for a in accumulators] == [(5, 16), (4, 16)]
+    grams = [a.gram for a in accumulators]
+    rtol = 16 * torch.finfo(F64).eps
+    through_rows = closed_form_fusion(w0, weights, grams, rtol=rtol, rows=[a.kept_rows for a in accumulators])
+    through_gram = closed_form_fusion(w0, weights, grams, rtol=rtol)
+    assert torch.allclose(through_rows, through_gram, rtol=0, atol=1e-10)
+    assert torch.allclose(fuse_layer(w0, [ConceptLayer(w, gram=a) for w, a in zip(weights, accumulators)]),
+                          through_gram, rtol=0, atol=1e-10)
+    assert GramAccumulator(4).update(torch.randn(5, 4)).kept_rows is None  # more rows than features: Gram only
 
 
 def test_ridge_tends_to_the_pseudo_inverse():

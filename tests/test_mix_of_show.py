@@ -87,10 +87,14 @@ def test_a_stock_pipeline_loads_edlora_and_reproduces_the_trained_model(trained)
         torch.testing.assert_close(pipe.unet(latents, 500, stock).sample, expected, rtol=0, atol=1e-5)
 
 
-def test_fused_pair_reproduces_each_concepts_kv_and_samples_with_regions(trained, tmp_path):
+@pytest.mark.parametrize("solver, tolerance", [("closed_form", 1e-4), ("lbfgs", 1e-3)])
+def test_fused_pair_reproduces_each_concepts_kv_and_samples_with_regions(solver, tolerance, trained, tmp_path):
+    """Either solver of `multi.fusion.solver`: Mix-of-Show's LBFGS (its 500 iterations on K/V) ends near the
+    closed form's exact fit."""
     folders = [folder for *_, folder in trained]
     pipe = stock_pipeline()
-    fuse_edloras(pipe, folders, tmp_path / "fused", seed=0, resolution=RESOLUTION)
+    fuse_edloras(pipe, folders, tmp_path / "fused", solver=solver, text_iters=500, unet_iters=10, seed=0,
+                 resolution=RESOLUTION)
     assert sorted(path.name for path in (tmp_path / "fused").iterdir()) == [EMBEDDINGS, FUSED]
 
     fused = stock_pipeline()
@@ -111,7 +115,7 @@ def test_fused_pair_reproduces_each_concepts_kv_and_samples_with_regions(trained
                 own = dict(parts.unet.named_modules())[name_of(parts.unet, layer)]
                 for projection in ("to_k", "to_v"):
                     torch.testing.assert_close(getattr(attn, projection)(features),
-                                               getattr(own, projection)(features), rtol=0, atol=1e-4)
+                                               getattr(own, projection)(features), rtol=0, atol=tolerance)
     image = regional_pipeline_call(fused, "a <sks> dog and a <zwx> backpack",
                                    [Region((0, 0, 0.5, 1), "a <sks> dog"), Region((0.5, 0, 1, 1), "a <zwx> backpack")],
                                    height=RESOLUTION, width=RESOLUTION, num_inference_steps=3,
@@ -131,19 +135,3 @@ def test_two_folders_of_one_concept_are_refused_by_name(trained, tmp_path):
         fuse_edloras(stock_pipeline(), [folder, copy], tmp_path / "fused")
     assert not (tmp_path / "fused").exists()
 
-
-def test_mix_of_shows_lbfgs_solver_reaches_the_closed_form_on_kv(trained, tmp_path):
-    """The stage's `multi.fusion.solver: lbfgs` (Mix-of-Show's iterations): on K/V, whose inputs are a few rows
-    (fewer than their dimensions, so each concept's outputs are met exactly), it converges to the closed form's
-    minimum-change solution. (Elsewhere the two agree on the directions the activations resolve and part where
-    their Gram is ill-conditioned: tests/test_fusion.py compares them on random data.)"""
-    folders = [folder for *_, folder in trained]
-    fuse_edloras(stock_pipeline(), folders, tmp_path / "closed", resolution=RESOLUTION)
-    fuse_edloras(stock_pipeline(), folders, tmp_path / "lbfgs", solver="lbfgs", text_iters=200, unet_iters=5,
-                 resolution=RESOLUTION)
-    closed, lbfgs = load_file(tmp_path / "closed" / FUSED), load_file(tmp_path / "lbfgs" / FUSED)
-    assert closed.keys() == lbfgs.keys()
-    converged = [key for key in closed if key.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
-    assert len(converged) == 2 * len(cross_attention_layers(stock_pipeline().unet))
-    for key in converged:
-        torch.testing.assert_close(lbfgs[key], closed[key], rtol=0, atol=5e-4)

@@ -64,7 +64,10 @@ SOLVERS = ("closed_form", "lbfgs")
 
 class GramAccumulator:
     """G = sum over rows x of x^T x, [in, in], streamed: `update` takes activations of any leading shape
-    [..., in], adds their Gram and lets them go. The only tensor kept is `gram`; `rows` counts the rows.
+    [..., in], adds their Gram and lets them go; `rows` counts the rows. While there are no more rows than
+    input features they are also kept (`kept_rows`, float64: never more memory than the Gram itself), so that
+    `closed_form_fusion` can solve in the rows' space (K/V: 6 rows a concept against 768 features); beyond
+    that, the only tensor kept is `gram`.
 
     Accumulates in float64 by default: the sum runs over thousands of rows (MoS: 20 steps x 4096 tokens
     per UNet layer), and the solve amplifies its rounding error by G's condition number, which is large
@@ -76,6 +79,14 @@ class GramAccumulator:
         self.gram = torch.zeros(in_features, in_features, dtype=dtype, device=device)
         self.rows = 0
         self.input_eps = 0.0  # the coarsest rounding of the activations seen: what the Gram can resolve
+        self._kept: list[torch.Tensor] | None = []
+
+    @property
+    def kept_rows(self) -> torch.Tensor | None:
+        """Every row seen, [rows, in], while rows <= in; None beyond."""
+        if self._kept is None:
+            return None
+        return torch.cat(self._kept) if self._kept else self.gram.new_zeros(0, self.in_features)
 
     @property
     def in_features(self) -> int:
@@ -89,6 +100,8 @@ class GramAccumulator:
         x = x.detach().reshape(-1, self.in_features).to(self.gram.device, self.gram.dtype)
         self.gram.addmm_(x.T, x)
         self.rows += x.shape[0]
+        if self._kept is not None:
+            self._kept = self._kept + [x.clone()] if self.rows <= self.in_features else None
         return self
 
     @classmethod
@@ -120,7 +133,8 @@ def _check_weights(w0: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
 
 
 def closed_form_fusion(w0: torch.Tensor, weights: Sequence[torch.Tensor], grams: Sequence[torch.Tensor],
-                       rtol: float | None = None, ridge: float = 0.0) -> torch.Tensor:
+                       rtol: float | None = None, ridge: float = 0.0,
+                       rows: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """W = W0 + D G^+ with G = sum_i G_i, D = sum_i (W_i - W0) G_i: the minimiser of MoS's objective
     nearest W0, i.e. the limit of MoS's LBFGS from W0 (module docstring). Computed in float64.
 
@@ -131,7 +145,12 @@ def closed_form_fusion(w0: torch.Tensor, weights: Sequence[torch.Tensor], grams:
     mean eigenvalue) for activations whose small eigen-directions are noise rather than signal.
 
     As in MoS, every row counts once, so a concept with more rows weighs more; scale G_i by 1/N_i to
-    weigh concepts equally."""
+    weigh concepts equally.
+
+    `rows` (each concept's activations X_i, optional): with fewer rows N in all than inputs, the same W is
+    solved in the rows' space, W = W0 + Y^T (X X^T)^+ X with X the stacked rows and Y = [X_i dW_i^T]
+    (D G^+ = Y^T X (X^T X)^+ = Y^T (X X^T)^+ X; X X^T has G's nonzero eigenvalues, so the cutoff is the
+    same): an N x N eigendecomposition in place of an in x in one."""
     _check_weights(w0, weights)
     if len(grams) != len(weights):
         raise ValueError(f"{len(weights)} weights but {len(grams)} Gram matrices")
@@ -145,6 +164,8 @@ def closed_form_fusion(w0: torch.Tensor, weights: Sequence[torch.Tensor], grams:
 
     f64 = dict(dtype=torch.float64, device=w0.device)
     base = w0.to(**f64)
+    if rows is not None and ridge == 0 and sum(len(x) for x in rows) < n_in:
+        return _row_space_fusion(base, weights, rows, rtol).to(w0.dtype)
     gram = torch.zeros(n_in, n_in, **f64)
     d = torch.zeros_like(base)
     for w, g in zip(weights, grams):
@@ -166,6 +187,20 @@ def closed_form_fusion(w0: torch.Tensor, weights: Sequence[torch.Tensor], grams:
         u = eigenvectors[:, keep]
         delta = ((d @ u) / eigenvalues[keep]) @ u.T  # D U diag(1/lambda) U^T = D G^+
     return (base + delta).to(w0.dtype)
+
+
+def _row_space_fusion(base: torch.Tensor, weights: Sequence[torch.Tensor], rows: Sequence[torch.Tensor],
+                      rtol: float) -> torch.Tensor:
+    """`closed_form_fusion` through the rows: W0 + Y^T (X X^T)^+ X, float64."""
+    xs = [x.reshape(-1, base.shape[1]).to(base) for x in rows]
+    x = torch.cat(xs)
+    y = torch.cat([xi @ (w.to(base) - base).T for xi, w in zip(xs, weights)])  # [N, out]: each row's target change
+    if not len(x) or not (x.abs().sum() > 0):
+        raise ValueError("the Gram matrices are zero: no activations were accumulated")
+    eigenvalues, eigenvectors = torch.linalg.eigh(x @ x.T)
+    keep = eigenvalues > rtol * eigenvalues[-1]
+    u = eigenvectors[:, keep]
+    return base + (((y.T @ u) / eigenvalues[keep]) @ u.T) @ x
 
 
 def fusion_loss(w: torch.Tensor, weights: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -217,16 +252,22 @@ def lbfgs_fusion(w0: torch.Tensor, weights: Sequence[torch.Tensor], inputs: Sequ
     return best["w"].to(w0.dtype)
 
 
+def activation_rtol(in_features: int, eps: float) -> float:
+    """The relative eigenvalue below which a Gram of activations rounded to `eps` (their dtype's) resolves
+    nothing: rounding X to X + E, |E|_F <= eps |X|_F <= eps sqrt(in) |X|_2, moves G = X^T X by at most
+    2 |X|_2 |E|_2 <= 2 sqrt(in) eps lambda_max (Weyl). Float32 activations of SD's 768 features: 6.6e-6."""
+    return 2 * math.sqrt(in_features) * eps
+
+
 def fuse_layer(w0: torch.Tensor, concepts: Sequence[ConceptLayer], solver: str = "closed_form",
                **options) -> torch.Tensor:
     """Gradient fusion of one linear layer (module docstring, 1). `solver`: "closed_form" (default; uses
     each concept's `gram`, or the Gram of its `inputs`; options rtol, ridge) or "lbfgs" (MoS's iterative
     solver; needs `inputs`; options iters, history_size, lr, dtype). Returns W in w0's dtype.
 
-    The closed form's default rtol is set by the activations' precision, not the Gram's: in x eps of the
-    coarsest dtype the layer's inputs came in (float32 activations: 1.2e-7), since eigen-directions below
-    that are rounding noise of the activations, and inverting them moves W far along directions no concept
-    really sees (LBFGS from W0 leaves W0 there)."""
+    The closed form's default rtol is set by the activations' precision, not the Gram's (`activation_rtol`):
+    eigen-directions below it are rounding noise of the activations, and inverting them moves W far along
+    directions no concept really sees (LBFGS from W0 leaves W0 there)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {', '.join(SOLVERS)}")
     weights = [c.weight for c in concepts]
@@ -251,7 +292,10 @@ def fuse_layer(w0: torch.Tensor, concepts: Sequence[ConceptLayer], solver: str =
     grams = [a.gram if a is not None else c.gram for a, c in zip(accumulators, concepts)]
     input_eps = max((a.input_eps for a in accumulators if a is not None), default=0.0)
     if "rtol" not in options and "ridge" not in options and input_eps > 0:
-        options = {**options, "rtol": w0.shape[1] * input_eps}
+        options = {**options, "rtol": activation_rtol(w0.shape[1], input_eps)}
+    kept = [a.kept_rows if a is not None else None for a in accumulators]
+    if all(rows is not None for rows in kept):
+        options = {**options, "rows": kept}
     return closed_form_fusion(w0, weights, grams, **options)
 
 
