@@ -269,12 +269,21 @@ def make_study_tree(root: Path) -> None:
         write_jsonl(folder / "pres.jsonl", pres_rows)
 
 
+def runs_params() -> dict:
+    """params.smoke.yaml with the methods of RUNS alone (no ED-LoRA, so no Mix-of-Show merge)."""
+    params = yaml.safe_load((REPO / "params.smoke.yaml").read_text())
+    params["train"]["methods"] = sorted({method for method, _, _ in RUNS})
+    params["train"]["baseline_methods"] = []
+    params["multi"]["merges"]["edlora"] = []
+    params["multi"]["regional"] = []
+    return params
+
+
 def params_args(root: Path, monkeypatch, **eval_params) -> list[str]:
     """The stages read and write relative to the working directory, as DVC runs them; params.smoke.yaml
     with the methods of RUNS and `eval_params` changed."""
     monkeypatch.chdir(root)
-    params = yaml.safe_load((REPO / "params.smoke.yaml").read_text())
-    params["train"]["methods"] = sorted({method for method, _, _ in RUNS})
+    params = runs_params()
     params["eval"].update(eval_params)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return ["--params", str(root / "params.yaml")]
@@ -425,9 +434,7 @@ def test_gather_runs_without_torch(study_tree):
     """The gather loads no model: it imports no torch (it starts in a second, not ten)."""
     probe = (f"import sys; sys.path.insert(0, {str(REPO / 'stages')!r}); import gather; "
              "gather.main(['--params', 'params.yaml']); print('torch' in sys.modules)")
-    params = yaml.safe_load((REPO / "params.smoke.yaml").read_text())
-    params["train"]["methods"] = sorted({method for method, _, _ in RUNS})
-    (study_tree / "params.yaml").write_text(yaml.safe_dump(params))
+    (study_tree / "params.yaml").write_text(yaml.safe_dump(runs_params()))
     result = subprocess.run([sys.executable, "-c", probe], cwd=study_tree, capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr
