@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import shutil
-import stat
 import urllib.error
 import urllib.request
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from dreamstudy.data.dreambench import SUBJECTS, DataError, parse_prompts_and_cl
 from dreamstudy.data.fetch import fetch_dreambench
 from dreamstudy.data.github import ARCHIVE_ROOT
 from dreamstudy.params import DREAMBENCH_COMMIT
+from tests.helpers import github_zip
 
 SIZE = 32  # small normalised images keep every fetch well under a second
 SHARED = Path("/work/shared/dreambench")
@@ -191,45 +189,6 @@ def test_pinned_checksums_match_full_dreambench(tmp_path):
 
 
 # --- github source, offline ------------------------------------------------------------------------
-
-def github_zip(extra: dict[str, bytes] | None = None, symlink: str | None = None) -> bytes:
-    """A stand-in for GitHub's archive of the commit: dataset/ from the embedded copy, LICENSE.md at the root."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(f"{ARCHIVE_ROOT}/README.md", "not part of the dataset")
-        for file in sorted(fetch.EMBEDDED_DIR.rglob("*")):
-            relative = file.relative_to(fetch.EMBEDDED_DIR).as_posix()
-            if file.is_file() and relative != "SHA256SUMS":
-                folder = "" if relative == "LICENSE.md" else "dataset/"
-                archive.writestr(f"{ARCHIVE_ROOT}/{folder}{relative}", file.read_bytes())
-        for name, data in (extra or {}).items():
-            archive.writestr(name, data)
-        if symlink:
-            link = zipfile.ZipInfo(symlink)
-            link.external_attr = (stat.S_IFLNK | 0o777) << 16
-            archive.writestr(link, "/etc/passwd")
-    return buffer.getvalue()
-
-
-class FakeGitHub:
-    """Serves `archive` for any URL and records the URLs asked for."""
-
-    def __init__(self, archive: bytes):
-        self.archive = archive
-        self.urls: list[str] = []
-
-    def urlopen(self, url, timeout):
-        self.urls.append(url)
-        return io.BytesIO(self.archive)
-
-
-@pytest.fixture
-def github(monkeypatch):
-    monkeypatch.setattr(fetch, "DREAMBENCH_SHA256", fetch.EMBEDDED_SHA256)  # the stand-in has the small images
-    server = FakeGitHub(github_zip())
-    monkeypatch.setattr(urllib.request, "urlopen", server.urlopen)
-    return server
-
 
 def test_github_fetch_downloads_once_and_extracts_only_the_dataset(github, tmp_path):
     cache = tmp_path / "cache"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ import torch
 import yaml
 from PIL import Image
 
-from dreamstudy.data import fetch
 from dreamstudy.data.dataset import load_dataset
 from dreamstudy.data.dreambench import DataError
 from dreamstudy.data.fetch import fetch_dreambench
@@ -26,7 +24,7 @@ from dreamstudy.models import loading, tiny
 from dreamstudy.models.loading import ModelLoadError, load_components, resolve_pretrained
 from dreamstudy.models.tiny_controlnet import load_controlnet
 from dreamstudy.params import validate_params
-from tests.test_data import SIZE, FakeGitHub, github_zip, load_stage, write_params
+from tests.test_data import SIZE, load_stage, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -259,14 +257,6 @@ def test_read_only_cache_still_serves_what_it_holds(tmp_path, monkeypatch):
 
 
 # --- extraction of GitHub's archive ----------------------------------------------------------------------
-
-@pytest.fixture
-def github(monkeypatch):
-    monkeypatch.setattr(fetch, "DREAMBENCH_SHA256", fetch.EMBEDDED_SHA256)  # the stand-in has the small images
-    server = FakeGitHub(github_zip())
-    monkeypatch.setattr(urllib.request, "urlopen", server.urlopen)
-    return server
-
 
 def test_damaged_extracted_files_are_extracted_again(github, tmp_path, capsys):
     cache = tmp_path / "cache"

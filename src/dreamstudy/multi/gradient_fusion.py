@@ -152,22 +152,28 @@ def record_concept(concept: Concept, names: Sequence[str], keep_inputs: bool = F
 
 
 def fuse(base: nn.Module, concepts: Sequence[Concept], layers: Sequence[str] | None = None,
-         solver: str = "closed_form", gram_dtype: torch.dtype = torch.float64, **options) -> nn.Module:
+         solver: str = "closed_form", gram_dtype: torch.dtype = torch.float64, in_place: bool = False,
+         **options) -> nn.Module:
     """A deep copy of `base` (plain: no adapters) whose `layers` (default: every layer that carries LoRA in
-    some concept's model) hold the gradient-fused weights of `concepts`; the rest is the base's.
-    `solver`, `options`: `fusion.fuse_layer`'s ("closed_form": Grams only; "lbfgs": keeps activations)."""
+    some concept's model) hold the gradient-fused weights of `concepts`; the rest is the base's. `in_place`:
+    `base` itself, for a caller that owns it (a model copy less: 3.4 GB for SD 1.5's UNet in float32); it is
+    written only once every concept has run. `solver`, `options`: `fusion.fuse_layer`'s ("closed_form": Grams
+    only; "lbfgs": keeps activations)."""
     if not concepts:
         raise ValueError("no concepts to fuse")
     names = list(layers) if layers is not None else sorted({n for c in concepts for n in lora_layers(c.model)})
     if not names:
         raise ValueError("no layers to fuse: no concept's model carries LoRA layers, and none were named")
     recorded = [record_concept(c, names, keep_inputs=solver == "lbfgs", dtype=gram_dtype) for c in concepts]
-    fused = copy.deepcopy(base)
+    modules = dict(base.named_modules())
+    for name in names:  # all checked before any is written
+        if type(modules.get(name)) is not nn.Linear:
+            raise ValueError(f"layer {name!r} of the base model is {type(modules.get(name)).__name__}, not a plain "
+                             "nn.Linear")
+    fused = base if in_place else copy.deepcopy(base)
     modules = dict(fused.named_modules())
     for name in names:
-        layer = modules.get(name)
-        if type(layer) is not nn.Linear:
-            raise ValueError(f"layer {name!r} of the base model is {type(layer).__name__}, not a plain nn.Linear")
+        layer = modules[name]
         weight = fuse_layer(layer.weight.detach(), [r[name] for r in recorded], solver=solver, **options)
         with torch.no_grad():
             layer.weight.copy_(weight)

@@ -91,11 +91,12 @@ def fuse_edloras(pipe: StableDiffusionPipeline, folders: Sequence[Path], out: Pa
     text_concepts = [as_concept(i, pipe.text_encoder, prompt_run(pipe.tokenizer, [c.bind(p, layer) for p in prompts[i]
                                                                                   for layer in range(num_layers)]))
                      for i, c in enumerate(concepts)]
-    text_encoder = fuse(base_text_encoder, text_concepts, text_layers, solver, **solver_options(solver, text_iters))
+    text_encoder = fuse(base_text_encoder, text_concepts, text_layers, solver, in_place=True,
+                        **solver_options(solver, text_iters))
     # 2. K/V, on the fused text encoder's features of the same prompts (their concept token and EOS positions)
     kv_concepts = [as_concept(i, pipe.unet, kv_run(pipe.tokenizer, text_encoder, prompts[i], [c]))
                    for i, c in enumerate(concepts)]
-    kv_unet = fuse(base_unet, kv_concepts, kv, solver, **solver_options(solver, text_iters))
+    kv_unet = fuse(base_unet, kv_concepts, kv, solver, in_place=True, **solver_options(solver, text_iters))
     # 3. the other layers, on a sample from each concept's model with the fused K/V
     scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     latent_size = (resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
@@ -113,7 +114,8 @@ def fuse_edloras(pipe: StableDiffusionPipeline, folders: Sequence[Path], out: Pa
         return run
 
     spatial = [as_concept(i, pipe.unet, sampled(i)) for i in range(len(concepts))]
-    unet = fuse(kv_unet, spatial, others, solver, **solver_options(solver, unet_iters))
+    # in place too: step 3's runs read kv_unet's K/V, which it leaves as they are
+    unet = fuse(kv_unet, spatial, others, solver, in_place=True, **solver_options(solver, unet_iters))
 
     modules = {"text_encoder": dict(text_encoder.named_modules()), "unet": dict(unet.named_modules())}
     weights = {f"{part}.{name}.weight": modules[part][name].weight.detach().float().cpu().contiguous()
