@@ -99,6 +99,8 @@ def test_every_stage_runs_and_every_output_exists(smoke):
     assert set(retention.metric) == {"dino", "clip_i", "clip_t"} and retention["mean_diff"].notna().all()
     assert "Retention" in (repo / "paper/multi/retention.tex").read_text()
     assert "random" in (repo / "paper/multi/table.tex").read_text().lower()
+    crops = (repo / "paper/multi/crops.tex").read_text()
+    assert "Identity mixing" in crops and "OWLv2 base/16 (random init), 128 px" in crops
     assert (repo / "paper/multi/samples_dog+backpack.png").is_file()
 
 

@@ -55,6 +55,11 @@ def sample(path, prompt_index, image_index) -> dict:
             "file": "x.png", "model": "tiny", "path": path}
 
 
+def nowhere(images, subjects):
+    """A detector that finds nothing."""
+    return [[None] * len(subjects) for _ in images]
+
+
 def test_clip_t_text_has_neither_identifier():
     assert clip_t_text(sample("", 0, 0)) == "a dog wearing a backpack on a beach"
     assert clip_t_text({"prompt": "a <mth> dog and a <sks> backpack", "tokens": ["<mth>", "<sks>"]}) == \
@@ -65,13 +70,14 @@ def test_each_subjects_fidelity_its_mean_and_minimum(tmp_path):
     references = {"dog": [image(tmp_path / "d0.png", "red"), image(tmp_path / "d1.png", "red")],
                   "backpack": [image(tmp_path / "b0.png", "blue")]}
     samples = [sample(image(tmp_path / "red.png", "red"), 0, 0), sample(image(tmp_path / "blue.png", "blue"), 0, 1)]
-    scores = evaluate_pair(samples, references, ColourEncoders(), 2, EmbeddingCache(ColourEncoders()))
+    scores = evaluate_pair(samples, references, ColourEncoders(), 2, EmbeddingCache(ColourEncoders()), nowhere)
     red, blue = scores.iloc[0], scores.iloc[1]
     assert (red.dino_1, red.dino_2, red.dino_mean, red.dino_min) == pytest.approx((1, 0, 0.5, 0))
     assert (blue.clip_i_1, blue.clip_i_2, blue.clip_i_min) == pytest.approx((0, 1, 0))
     assert red.clip_t == pytest.approx(1) and blue.clip_t == pytest.approx(0)
     assert red.clip_score == pytest.approx(CLIP_SCORE_WEIGHT)
     assert list(scores.variant) == ["lora_sum@regions"] * 2 and list(scores.pair) == ["dog+backpack"] * 2
+    assert (scores.both_found == 0).all() and scores[["crop_dino", "crop_clip_i", "mixing"]].isna().all().all()
 
 
 def per_prompt(shift: float) -> pd.DataFrame:

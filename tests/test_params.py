@@ -231,6 +231,8 @@ def test_the_default_identifiers_are_single_tokens_of_sd_tokenizer(smoke):
     ("multi.merges.lora", ["cat"], r"multi\.merges\.lora"),
     ("multi.merges.dreambooth", ["sum"], r"multi\.merges\.dreambooth: unknown key"),
     ("multi.fusion.solver", "adam", r"multi\.fusion\.solver"),
+    ("multi.detection.image_size", 100, r"multi\.detection\.image_size: .*multiple of 16"),
+    ("multi.detection.threshold", 1.0, r"multi\.detection\.threshold"),
 ])
 def test_bad_multi_concept_settings_name_the_key(smoke, key, value, message):
     with pytest.raises(ParamsError, match=message):

@@ -122,6 +122,10 @@ def _evaluate(p: Params, study: str, item: None) -> list[str]:
     return ["seed", "eval.pretrained_encoders", "eval.batch_size"]
 
 
+def _evaluate_multi(p: Params, study: str, item: None) -> list[str]:
+    return [*_evaluate(p, study, item), "multi.detection"]
+
+
 def _gather(p: Params, study: str, item: None) -> list[str]:
     grid = ["data.subjects", "train.methods", "train.baseline_methods", "aug.strategies"] if study == "main" \
         else ["ablation"]
@@ -151,7 +155,7 @@ KINDS = {
                         item_modules=lambda variant: (FUSION_MODULE,) if variant == FUSION else ()),
     "sample_multi": Kind(("pair", "variant"), _sample_multi, by="variant", per_subject=True, studies=("multi",),
                          items=SAMPLE_LABELS),
-    "evaluate_multi": Kind(("pair", "variant"), _evaluate, studies=("multi",)),
+    "evaluate_multi": Kind(("pair", "variant"), _evaluate_multi, studies=("multi",)),
     "gather_multi": Kind((), _gather_multi, studies=("multi",)),
     "report_multi": Kind((), lambda p, study, item: [], studies=("multi",)),  # from results/multi/ alone
 }

@@ -305,6 +305,21 @@ class FusionParams(Section):
     lbfgs_unet_iters: PositiveInt = Field(50, description="lbfgs: iterations for the other UNet layers")
 
 
+OWL_IMAGE_SIZE, OWL_PATCH = 960, 16  # OWLv2 base/16's input side and patch side (metrics/detector.py)
+
+
+class DetectionParams(Section):
+    """OWLv2 finding each subject of a pair in its images (metrics/detector.py): fidelity on crops, identity
+    mixing."""
+
+    image_size: Annotated[int, Field(ge=OWL_PATCH, multiple_of=OWL_PATCH)] = Field(
+        OWL_IMAGE_SIZE, description="the detector's input side; below the checkpoint's 960 px, on interpolated "
+                                    "position embeddings (faster; smoke runs)")
+    threshold: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="least box score that finds a subject")
+    max_iou: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="most overlap (IoU) of the two subjects' boxes: one object is not both subjects")
+
+
 class MergeParams(Section):
     """Which merges of each method's two single-concept models (multi/merge.py), as '<method>_<how>'. Every key
     is required, [] for none: dvc.yaml's templates read each."""
@@ -358,6 +373,8 @@ class MultiParams(Section):
     images_per_prompt: PositiveInt = Field(8, description="images per prompt, seeds shared by every variant")
     fusion: FusionParams = Field(default_factory=FusionParams, description="Mix-of-Show's gradient fusion "
                                                                             "(merges.edlora: [fusion])")
+    detection: DetectionParams = Field(default_factory=DetectionParams, description="each subject's box "
+                                                                                   "(evaluate_multi)")
 
     @field_validator("pairs")
     @classmethod

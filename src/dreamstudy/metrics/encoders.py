@@ -112,13 +112,13 @@ def load_encoders(pretrained: bool, device: str = "cpu", seed: int = 0) -> Encod
     # A private RNG stream: random init is reproducible and leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        clip = _load(f"CLIP {CLIP_ARCH} ({CLIP_WEIGHTS})", pretrained, lambda: open_clip.create_model(
+        clip = load_weights(f"CLIP {CLIP_ARCH} ({CLIP_WEIGHTS})", pretrained, lambda: open_clip.create_model(
             # OpenAI's CLIP uses QuickGELU; open_clip's plain ViT-B-32 config does not, so force it
             # for the pretrained weights and their random-init stand-in alike.
             CLIP_ARCH, pretrained=CLIP_WEIGHTS if pretrained else None, force_quick_gelu=True))
-        dino = _load(f"DINO {DINO_ARCH}.{DINO_WEIGHTS}", pretrained, lambda: timm.create_model(
+        dino = load_weights(f"DINO {DINO_ARCH}.{DINO_WEIGHTS}", pretrained, lambda: timm.create_model(
             f"{DINO_ARCH}.{DINO_WEIGHTS}", pretrained=pretrained, num_classes=0))
-        perceptual = _load(f"LPIPS {LPIPS_NET} (torchvision ImageNet AlexNet)", pretrained,
+        perceptual = load_weights(f"LPIPS {LPIPS_NET} (torchvision ImageNet AlexNet)", pretrained,
                            lambda: load_lpips(pretrained))
     for model in (clip, dino, perceptual):
         model.requires_grad_(False).eval().to(device)
@@ -126,7 +126,7 @@ def load_encoders(pretrained: bool, device: str = "cpu", seed: int = 0) -> Encod
                     device=device, pretrained=pretrained, lpips=perceptual, seed=seed)
 
 
-def _load(what: str, pretrained: bool, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+def load_weights(what: str, pretrained: bool, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     if not pretrained:
         return build()
     try:

@@ -1,21 +1,24 @@
 """The multi-concept study's scores of one run (a pair's samples from one variant), by the main study's
 encoders: per image, each subject's DINO and CLIP-I (the whole image against that subject's real photos, as
-CustomConcept101 scores it; no crops), their mean and their minimum over the two subjects (an image that
-shows only one of them scores low on the minimum), CLIP-T (the prompt without the identifiers, as the main
-study) and CLIPScore beside it for the published comparison; DIV per prompt. The whole study's tables and
+CustomConcept101 scores it), their mean and their minimum over the two subjects (an image that shows only one
+of them scores low on the minimum), CLIP-T (the prompt without the identifiers, as the main study) and
+CLIPScore beside it for the published comparison; DIV per prompt. On detector crops (metrics/detector.py): each
+found subject's DINO and CLIP-I against its own photos, whether both subjects are found, and identity mixing
+(a subject's crop closer, by DINO, to the other subject's photos than to its own). The whole study's tables and
 intervals: multi_study.py. Retention: each subject alone from the pair's model, scored as the main study scores
-a run (metrics.evaluate), beside its single-concept model's scores of the same prompts and seeds.
-
-Left for later (issue 11): detector crops, identity mixing."""
+a run (metrics.evaluate), beside its single-concept model's scores of the same prompts and seeds."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 import torch
+from PIL import Image
 
+from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import read_jsonl
 from dreamstudy.layout import Run, key_subjects
 from dreamstudy.metrics.cache import EmbeddingCache
@@ -23,15 +26,20 @@ from dreamstudy.metrics.diversity import mean_pairwise_lpips
 from dreamstudy.metrics.encoders import Encoders
 from dreamstudy.metrics.evaluate import evaluate_samples
 from dreamstudy.metrics.images import open_images
+from dreamstudy.metrics.detector import Box
 from dreamstudy.metrics.multi_study import PAIR_IMAGE_KEYS, PER_SUBJECT, PROMPT_KEYS, retention_table
 from dreamstudy.metrics.registry import (
+    BOTH_FOUND,
     CLIP_I_MEAN,
     CLIP_I_MIN,
     CLIP_SCORE,
     CLIP_T,
+    CROP_CLIP_I,
+    CROP_DINO,
     DINO_MEAN,
     DINO_MIN,
     DIV,
+    MIXING,
     MULTI_IMAGE_METRICS,
 )
 from dreamstudy.metrics.run import read_run
@@ -75,9 +83,66 @@ def clip_t_text(row: Mapping) -> str:
     return text
 
 
+# images and the pair's subjects -> per image, each subject's box or None (detector.SubjectFinder)
+Finder = Callable[[Sequence[Image.Image], Sequence[str]], list[list[Box | None]]]
+
+
+def crop_square(image: Image.Image, box: Box) -> Image.Image:
+    """The square around the box's centre with the box's longer side (inside the image, at least a pixel): the
+    encoders centre-crop a square, which would cut the ends of a long box."""
+    width, height = image.size
+    side = round(min(max(box.x1 - box.x0, box.y1 - box.y0, 1), width, height))
+    left = min(max(round((box.x0 + box.x1 - side) / 2), 0), width - side)
+    top = min(max(round((box.y0 + box.y1 - side) / 2), 0), height - side)
+    return image.crop((left, top, left + side, top + side))
+
+
+def crop_scores(images: Sequence[Image.Image], subjects: Sequence[str], found: list[list[Box | None]],
+                refs: Mapping[str, list[torch.Tensor]], encoders: Encoders, batch_size: int) -> list[dict]:
+    """Per image of a pair: each subject's box and score, its crop's DINO and CLIP-I against its own photos, whether
+    the crop is closer (DINO) to the other subject's photos (`mixed`), and CROP_METRICS. Two found subjects of one
+    class (two dogs) take the two boxes in the order that makes each crop most like its own subject."""
+    crops = [(i, k) for i, boxes in enumerate(found) for k, box in enumerate(boxes) if box is not None]
+    alike = {}  # [crops, subjects]: each crop's mean cosine to each subject's photos
+    if crops:
+        pictures = [crop_square(images[i], found[i][k]) for i, k in crops]
+        for which in ("dino", "clip"):
+            embedded = encoders.embed_images(which, pictures, batch_size)
+            alike[which] = torch.stack([pairwise_cosine(embedded, r).mean(dim=1) for r in refs[which]], dim=1)
+    one_class = SUBJECTS[subjects[0]] == SUBJECTS[subjects[1]]
+    records = []
+    for i, boxes in enumerate(found):
+        crop_of = {k: crops.index((i, k)) for k, box in enumerate(boxes) if box is not None}  # subject -> crop
+        if one_class and len(crop_of) == 2:
+            (a, b), dino = (crop_of[0], crop_of[1]), alike["dino"]
+            if dino[a, 1] + dino[b, 0] > dino[a, 0] + dino[b, 1]:
+                crop_of, boxes = {0: b, 1: a}, boxes[::-1]
+        record = {}
+        for k in range(2):
+            crop, box = crop_of.get(k), boxes[k]
+            record |= {f"box_{k + 1}": box.text() if box else "", f"score_{k + 1}": box.score if box else math.nan,
+                       f"crop_dino_{k + 1}": alike["dino"][crop, k].item() if box else math.nan,
+                       f"crop_clip_i_{k + 1}": alike["clip"][crop, k].item() if box else math.nan,
+                       f"mixed_{k + 1}": float(alike["dino"][crop, 1 - k] > alike["dino"][crop, k]) if box
+                       else math.nan}
+        found_k = [k + 1 for k in range(2) if boxes[k]]
+        record |= {BOTH_FOUND.name: float(len(found_k) == 2),
+                   **{metric.name: _mean(record[f"{prefix}_{k}"] for k in found_k)
+                      for metric, prefix in ((CROP_DINO, "crop_dino"), (CROP_CLIP_I, "crop_clip_i"),
+                                             (MIXING, "mixed"))}}
+        records.append(record)
+    return records
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
 def evaluate_pair(samples: list[dict], references: Mapping[str, list[Path]], encoders: Encoders,
-                  batch_size: int, cache: EmbeddingCache) -> pd.DataFrame:
-    """One row per image: PAIR_IMAGE_KEYS, each subject's DINO and CLIP-I, and MULTI_IMAGE_METRICS."""
+                  batch_size: int, cache: EmbeddingCache, finder: Finder) -> pd.DataFrame:
+    """One row per image: PAIR_IMAGE_KEYS, each subject's DINO and CLIP-I of the whole image and of its crop
+    (`finder`'s box), and MULTI_IMAGE_METRICS."""
     subjects = samples[0]["subjects"]
     refs = {which: [cache.images(which, references[s]) for s in subjects] for which in ("dino", "clip")}
     texts = sorted({clip_t_text(row) for row in samples})
@@ -97,9 +162,11 @@ def evaluate_pair(samples: list[dict], references: Mapping[str, list[Path]], enc
                   DINO_MEAN.name: alike["dino"].mean(dim=1), DINO_MIN.name: alike["dino"].min(dim=1).values,
                   CLIP_I_MEAN.name: alike["clip"].mean(dim=1), CLIP_I_MIN.name: alike["clip"].min(dim=1).values,
                   CLIP_T.name: clip_t, CLIP_SCORE.name: CLIP_SCORE_WEIGHT * clip_t.clamp(min=0)}
+        crops = crop_scores(images, subjects, finder(images, subjects), refs, encoders, batch_size)
         for position, row in enumerate(batch):
             records.append({**run_of(row), **{key: row[key] for key in PAIR_IMAGE_KEYS[2:]},
-                            **{name: column[position].item() for name, column in scores.items()}})
+                            **{name: column[position].item() for name, column in scores.items()},
+                            **crops[position]})
     columns = [*PAIR_IMAGE_KEYS, *PER_SUBJECT, *(m.name for m in MULTI_IMAGE_METRICS)]
     return pd.DataFrame.from_records(records, columns=columns)
 

@@ -22,7 +22,10 @@ from dreamstudy.seeding import derive_seed
 RUN_KEYS = ("variant", "pair")  # a run of the multi-concept study: its sample label ("lora_sum@regions") and pair
 PROMPT_KEYS = (*RUN_KEYS, "prompt_index")
 PAIR_IMAGE_KEYS = (*PROMPT_KEYS, "prompt_kind", "prompt", "image_index", "seed", "file", "model")
-PER_SUBJECT = ("dino_1", "dino_2", "clip_i_1", "clip_i_2")  # by the subject's place in the pair
+# by the subject's place in the pair: the whole image's, then its detection (box "x0 y0 x1 y1" in pixels, empty
+# where not found) and crop's (`mixed`: 1 where the crop is closer to the other subject's photos)
+PER_SUBJECT = ("dino_1", "dino_2", "clip_i_1", "clip_i_2", "box_1", "box_2", "score_1", "score_2", "crop_dino_1",
+               "crop_dino_2", "crop_clip_i_1", "crop_clip_i_2", "mixed_1", "mixed_2")
 STATS_COLUMNS = ("variant", "metric", "mean", "ci_low", "ci_high", "confidence", "n_pairs")
 TESTS_COLUMNS = ("variant", "baseline", "metric", "mean_diff", "p_value", "test", "n_pairs", "significant", "alpha",
                  "note")

@@ -28,12 +28,13 @@ class Metric:
     published: bool = False  # a column of report/published.csv: the papers report it
     real_images: bool = False  # also measured among the subject's own photos: the "Real images" upper bound
     meaning: str = ""  # what a value says, after the label on figures
+    per_found: bool = False  # of an image's detected subjects (multi-concept crops): NaN where none is found
 
     @property
     def nullable(self) -> bool:
         """May be NaN: DIV of a prompt with one image, PRES without PRES images, PRES (base) without class
-        images; a generated image always has its scores."""
-        return self.level != "image"
+        images, a crop's score where the detector found no subject; otherwise an image always has its scores."""
+        return self.level != "image" or self.per_found
 
 
 DINO = Metric("dino", "image", "DINO", +1, table="main", interval=True, headline=True, published=True,
@@ -65,5 +66,15 @@ CLIP_I_MEAN = Metric("clip_i_mean", "image", "CLIP-I (mean)", +1, table="multi",
 CLIP_I_MIN = Metric("clip_i_min", "image", "CLIP-I (min)", +1, table="multi", interval=True)
 CLIP_SCORE = Metric("clip_score", "image", "CLIPScore", +1, table="multi", interval=True,
                     meaning="2.5 x max(CLIP-T, 0)")
-MULTI_IMAGE_METRICS = (CLIP_T, CLIP_SCORE, DINO_MEAN, DINO_MIN, CLIP_I_MEAN, CLIP_I_MIN)
-MULTI_METRICS = (*MULTI_IMAGE_METRICS, DIV)  # in the order of the multi-concept table's columns
+# Of the subjects OWLv2 finds in an image (metrics/detector.py), in their own table ("crops"): each found subject's
+# crop against its own photos, and whether the crop looks more like the other subject's photos (DINO).
+BOTH_FOUND = Metric("both_found", "image", "Both found", +1, table="crops", interval=True,
+                    meaning="share of images where the detector finds both subjects")
+CROP_DINO = Metric("crop_dino", "image", "DINO (crops)", +1, table="crops", interval=True, per_found=True,
+                   meaning="a found subject's crop against its photos")
+CROP_CLIP_I = Metric("crop_clip_i", "image", "CLIP-I (crops)", +1, table="crops", interval=True, per_found=True)
+MIXING = Metric("mixing", "image", "Identity mixing", -1, table="crops", interval=True, per_found=True,
+                meaning="share of crops closer (DINO) to the other subject's photos")
+CROP_METRICS = (BOTH_FOUND, CROP_DINO, CROP_CLIP_I, MIXING)
+MULTI_IMAGE_METRICS = (CLIP_T, CLIP_SCORE, DINO_MEAN, DINO_MIN, CLIP_I_MEAN, CLIP_I_MIN, *CROP_METRICS)
+MULTI_METRICS = (*MULTI_IMAGE_METRICS, DIV)  # stats.csv's order; each table's columns: its metrics in this order

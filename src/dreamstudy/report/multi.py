@@ -13,7 +13,16 @@ from PIL import Image
 
 from dreamstudy.io import atomic_dir
 from dreamstudy.metrics.multi_study import RETAINED
-from dreamstudy.metrics.registry import CLIP_T, DINO_MIN, MULTI_METRICS
+from dreamstudy.metrics.registry import (
+    BOTH_FOUND,
+    CLIP_T,
+    CROP_CLIP_I,
+    CROP_DINO,
+    CROP_METRICS,
+    DINO_MIN,
+    MIXING,
+    MULTI_METRICS,
+)
 from dreamstudy.metrics.scores import ENCODERS
 from dreamstudy.models.loading import RANDOM_MODELS
 from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number
@@ -30,33 +39,56 @@ def labels(encoders: dict, per_image: pd.DataFrame) -> list[str]:
     return notes + [RANDOM_MODEL_LABEL.format(model=m) for m in sorted(set(per_image["model"])) if m in RANDOM_MODELS]
 
 
-def table_latex(stats: pd.DataFrame, tests: pd.DataFrame, notes: list[str]) -> str:
-    """Every variant's means with their intervals (* where it differs from joint training's baseline at the
-    tests' alpha), then the published rows (their protocols in the caption)."""
+WHOLE_IMAGE = tuple(m for m in MULTI_METRICS if m not in CROP_METRICS)  # table.tex's columns
+
+
+def variant_rows(stats: pd.DataFrame, tests: pd.DataFrame, metrics: tuple) -> list[list[str]]:
+    """A row per variant: its means of `metrics` with their intervals, * where it differs from the tests'
+    baseline (joint training) at their alpha."""
     significant = {(r.variant, r.metric) for r in tests.itertuples() if r.significant}
     rows = []
     for variant, runs in stats.groupby("variant", sort=False):
         by_metric = runs.set_index("metric")
         rows.append([escape_latex(variant)] + [
             estimate(by_metric.at[m.name, "mean"], by_metric.at[m.name, "ci_low"], by_metric.at[m.name, "ci_high"],
-                     (variant, m.name) in significant) for m in MULTI_METRICS])
+                     (variant, m.name) in significant) for m in metrics])
+    return rows
+
+
+def intervals_and_tests(stats: pd.DataFrame, tests: pd.DataFrame) -> str:
+    """The captions' sentence on intervals and stars."""
+    baseline = tests["baseline"].iloc[0] if len(tests) else None
+    return (f"Means over pairs with {stats['confidence'].iloc[0]:.0%} hierarchical bootstrap intervals (pairs, then "
+            "prompts). " + (f"* differs from {baseline} (paired Wilcoxon over pairs, p < {tests['alpha'].iloc[0]}). "
+                            if baseline else ""))
+
+
+def table_latex(stats: pd.DataFrame, tests: pd.DataFrame, notes: list[str]) -> str:
+    """Every variant's whole-image measures, then the published rows (their protocols in the caption)."""
     published = pd.read_csv(PUBLISHED)
     cited = [[escape_latex(row.variant)] + [number(getattr(row, m.name)) if m.name in published.columns else MISSING
-                              for m in MULTI_METRICS] for row in published.itertuples()]
-    baseline = tests["baseline"].iloc[0] if len(tests) else None
-    confidence = stats["confidence"].iloc[0]
-    caption = (f"Multi-concept personalization: means over pairs with {confidence:.0%} hierarchical bootstrap "
-               "intervals (pairs, then prompts). DINO and CLIP-I: the whole image against each subject's photos, "
-               "mean and minimum over the two subjects; CLIP-T: raw cosine to the prompt without identifiers; "
-               "CLIPScore: 2.5 x max(CLIP-T, 0). "
-               + (f"* differs from {baseline} (paired Wilcoxon over pairs, p < {tests['alpha'].iloc[0]}). "
-                  if baseline else "")
+                              for m in WHOLE_IMAGE] for row in published.itertuples()]
+    caption = ("Multi-concept personalization. " + intervals_and_tests(stats, tests)
+               + "DINO and CLIP-I: the whole image against each subject's photos, mean and minimum over the two "
+               "subjects; CLIP-T: raw cosine to the prompt without identifiers; CLIPScore: 2.5 x max(CLIP-T, 0). "
                + "Published rows: " + " ".join(f"{'; '.join(rows.variant)}: {protocol}."
                                                for protocol, rows in published.groupby("protocol", sort=False))
                + " " + " ".join(notes))
-    header = ["Variant", *(m.label for m in MULTI_METRICS)]
-    return booktabs(header, "l" + "r" * len(MULTI_METRICS), [Block(rows), Block(cited, "Published")],
-                    caption.strip(), "tab:multi")
+    header = ["Variant", *(m.label for m in WHOLE_IMAGE)]
+    return booktabs(header, "l" + "r" * len(WHOLE_IMAGE), [Block(variant_rows(stats, tests, WHOLE_IMAGE)),
+                                                            Block(cited, "Published")], caption.strip(), "tab:multi")
+
+
+def crops_latex(stats: pd.DataFrame, tests: pd.DataFrame, detector: str, notes: list[str]) -> str:
+    """Every variant's measures on the detector's crops (no published counterpart)."""
+    caption = (f"Multi-concept personalization on detector crops ({detector}, each subject queried "
+               "by its class noun). " + intervals_and_tests(stats, tests)
+               + f"{BOTH_FOUND.label}: {BOTH_FOUND.meaning}. {CROP_DINO.label} and {CROP_CLIP_I.label}: each found "
+               "subject's crop against its own photos. "
+               f"{MIXING.label}: {MIXING.meaning} than to its own. " + " ".join(notes))
+    header = ["Variant", *(m.label for m in CROP_METRICS)]
+    return booktabs(header, "l" + "r" * len(CROP_METRICS), [Block(variant_rows(stats, tests, CROP_METRICS))],
+                    caption.strip(), "tab:multi-crops")
 
 
 def retention_latex(retention: pd.DataFrame, notes: list[str]) -> str:
@@ -128,15 +160,17 @@ def sample_grids(per_image: pd.DataFrame, samples_root: Path, folder: Path) -> N
 
 
 def write_multi_report(metrics_dir: Path, samples_root: Path, out_dir: Path) -> list[Path]:
-    """paper/multi/ appears whole: table.tex, retention.tex, fidelity_vs_clip_t.{pdf,png},
+    """paper/multi/ appears whole: table.tex, crops.tex, retention.tex, fidelity_vs_clip_t.{pdf,png},
     samples_<pair>.{pdf,png}."""
     stats = pd.read_csv(metrics_dir / "stats.csv")
     retention = pd.read_csv(metrics_dir / "retention.csv")
     tests = pd.read_csv(metrics_dir / "tests.csv")
     per_image = pd.read_csv(metrics_dir / "per_image.csv")
-    notes = labels(json.loads((metrics_dir / ENCODERS).read_text()), per_image)
+    encoders = json.loads((metrics_dir / ENCODERS).read_text())
+    notes = labels(encoders, per_image)
     with atomic_dir(out_dir) as tmp:
         (tmp / "table.tex").write_text(table_latex(stats, tests, notes))
+        (tmp / "crops.tex").write_text(crops_latex(stats, tests, encoders["detector"], notes))
         (tmp / "retention.tex").write_text(retention_latex(retention, notes))
         plane_figure(stats, tmp, notes)
         sample_grids(per_image, samples_root, tmp)
