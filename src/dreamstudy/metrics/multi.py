@@ -22,11 +22,11 @@ from dreamstudy.data.dreambench import SUBJECTS
 from dreamstudy.io import read_jsonl
 from dreamstudy.layout import Run, key_subjects
 from dreamstudy.metrics.cache import EmbeddingCache
+from dreamstudy.metrics.detector import Box
 from dreamstudy.metrics.diversity import mean_pairwise_lpips
 from dreamstudy.metrics.encoders import Encoders
 from dreamstudy.metrics.evaluate import evaluate_samples
 from dreamstudy.metrics.images import open_images
-from dreamstudy.metrics.detector import Box
 from dreamstudy.metrics.multi_study import PAIR_IMAGE_KEYS, PER_SUBJECT, PROMPT_KEYS, retention_table
 from dreamstudy.metrics.registry import (
     BOTH_FOUND,
