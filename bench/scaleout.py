@@ -112,7 +112,8 @@ def main() -> None:
                 except ProcessLookupError:
                     break
             ran += commands_run(killed)
-            jobs[0] = subprocess.Popen([str(workers[0] / "scripts/repro_worker.sh"), str(workers[0] / "layers" / layer)],
+            jobs[0] = subprocess.Popen([str(workers[0] / "scripts/repro_worker.sh"),
+                                        str(workers[0] / "layers" / layer)],
                                        cwd=workers[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for job in jobs:
             output = job.communicate()[0]
