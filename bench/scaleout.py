@@ -33,8 +33,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def own_code(clone: Path) -> dict[str, str]:
+    """The environment of a command in `clone`: its stages import the clone's dreamstudy, not the installed one."""
+    return {**os.environ, "PYTHONPATH": str(clone / "src")}
+
+
 def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=own_code(cwd))
     if check and result.returncode:
         raise RuntimeError(f"{' '.join(args)} in {cwd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -99,7 +104,8 @@ def main() -> None:
     ran, killed = 0, None
     for layer in layers:
         jobs = [subprocess.Popen([str(f / "scripts/repro_worker.sh"), str(f / "layers" / layer)], cwd=f,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                 env=own_code(f), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
                 for f in workers]
         if layer == train_layer:  # kill worker 0 once its first training stage's command has been running a while
             time.sleep(15)
@@ -114,7 +120,8 @@ def main() -> None:
             ran += commands_run(killed)
             jobs[0] = subprocess.Popen([str(workers[0] / "scripts/repro_worker.sh"),
                                         str(workers[0] / "layers" / layer)],
-                                       cwd=workers[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                       cwd=workers[0], env=own_code(workers[0]), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
         for job in jobs:
             output = job.communicate()[0]
             if job.returncode:

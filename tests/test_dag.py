@@ -150,7 +150,7 @@ def test_a_method_stage_executes_its_own_module_and_the_shared_ones(inputs):
     for kind in ("train", "sample"):
         for method in METHODS:
             code = code_of(inputs, kind, method)
-            composed = {"edlora": ["lora"]}.get(method, [])  # ED-LoRA's adapters are LoRA's
+            composed = {"edlora": ["lora"], "orthogonal": ["lora"]}.get(method, [])  # their adapters are LoRA's
             assert code & methods == {f"src/dreamstudy/methods/{m}.py" for m in [method, *composed]}, (kind, method)
             assert (tokens in code) == (method in ("textual_inversion", "custom_diffusion", "edlora")), (kind, method)
             assert f"stages/{kind}.py" in code

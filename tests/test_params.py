@@ -227,7 +227,7 @@ def test_the_default_identifiers_are_single_tokens_of_sd_tokenizer(smoke):
     ("multi.regions", [[0, 0, 0.5, 1], [0.5, 0, 0.5, 1]], r"regions\[1\] is empty"),
     ("multi.regions", [[0, 0, 1, 1]], "needs two boxes"),
     ("multi.regional", ["lora_average"], r"regional \[.lora_average.\]: not in joint or merges"),
-    ("multi.joint", ["lora", "orthogonal"], r"multi\.joint"),
+    ("multi.joint", ["lora", "ziplora"], r"multi\.joint"),
     ("multi.merges.lora", ["cat"], r"multi\.merges\.lora"),
     ("multi.merges.dreambooth", ["sum"], r"multi\.merges\.dreambooth: unknown key"),
     ("multi.fusion.solver", "adam", r"multi\.fusion\.solver"),
@@ -253,6 +253,6 @@ def test_a_pair_subject_needs_an_identifier_and_a_merge_its_single_concept_model
     with pytest.raises(ParamsError, match=r"aug\.strategies lacks 'none'"):
         validate_params(with_change(smoke, "aug.strategies", ["classic"]))
     raw = with_change(smoke, "train.methods", ["dreambooth"])
-    no_merges = {"lora": [], "custom_diffusion": [], "textual_inversion": [], "edlora": []}
+    no_merges = {"lora": [], "custom_diffusion": [], "textual_inversion": [], "edlora": [], "orthogonal": []}
     raw = with_change(with_change(raw, "multi.regional", []), "multi.merges", no_merges)
     assert validate_params(with_change(raw, "multi.joint", ["dreambooth"])).multi.variants == ["dreambooth_joint"]

@@ -22,7 +22,7 @@ from dreamstudy.multi.prompts import pair_kind
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
-METHODS = ("dreambooth", "lora", "textual_inversion", "custom_diffusion", "edlora")
+METHODS = ("dreambooth", "lora", "textual_inversion", "custom_diffusion", "edlora", "orthogonal")
 STRATEGIES = ("none", "classic", "scale", "background", "img2img", "controlnet", "specialist", "mix")
 SCHEDULERS = ("ddim", "pndm", "dpm", "euler")
 SOURCES = ("github", "local", "embedded")
@@ -31,7 +31,7 @@ BACKGROUNDS = ("solid", "noise", "stripes", "checker", "scene")  # augment/backg
 # once with its main-study settings ("lora_joint"), or the main study's two single-concept models of a method
 # merged ("lora_sum"; Mix-of-Show's gradient fusion of two ED-LoRAs is "edlora_fusion").
 MERGES = {"lora": ("sum", "average"), "custom_diffusion": ("merge",), "textual_inversion": ("compose",),
-          "edlora": ("fusion",)}
+          "edlora": ("fusion",), "orthogonal": ("sum",)}
 JOINT_METHOD = {f"{method}_joint": method for method in METHODS}  # variant -> the method it trains
 MERGED_FROM = {f"{method}_{how}": method for method, hows in MERGES.items() for how in hows}  # -> whose models
 VARIANT_METHOD = {**JOINT_METHOD, **MERGED_FROM}  # every variant -> its method
@@ -188,6 +188,17 @@ class EdloraParams(MethodParams):
     embedding_lr: PositiveFloat = Field(1e-3, description="the layer-wise embeddings' learning rate")
 
 
+class OrthogonalParams(MethodParams):
+    """Orthogonal Adaptation (methods/orthogonal.py): LoRA whose A is frozen to the subject's rows of a shared
+    orthogonal basis; only B trains."""
+
+    rank: PositiveInt = Field(4, description="rows per subject: 30 x rank must fit every attention input (SD 1.5: "
+                                             "<= 10; the tiny model: 1)")
+    alpha: PositiveFloat = Field(4.0, description="LoRA alpha (scale = alpha / rank)")
+    basis_seed: Annotated[int, Field(ge=0)] = Field(
+        0, description="draws each layer's orthogonal basis; models of different basis seeds are not orthogonal")
+
+
 class CheckpointParams(Section):
     """Steps between resumable checkpoints, per method. Only the latest is kept, and it holds the trained
     weights and both AdamW moments in float32: at SD 1.5's size 10.3 GB for DreamBooth, 3 MB for LoRA."""
@@ -197,6 +208,7 @@ class CheckpointParams(Section):
     textual_inversion: PositiveInt = Field(500)
     custom_diffusion: PositiveInt = Field(100)
     edlora: PositiveInt = Field(100)
+    orthogonal: PositiveInt = Field(100)
 
 
 class TrainParams(Section):
@@ -219,6 +231,7 @@ class TrainParams(Section):
     textual_inversion: TextualInversionParams
     custom_diffusion: CustomDiffusionParams
     edlora: EdloraParams
+    orthogonal: OrthogonalParams
 
     @field_validator("baseline_methods")
     @classmethod
@@ -332,6 +345,8 @@ class MergeParams(Section):
         description="compose: both learned tokens side by side")
     edlora: list[Literal[MERGES["edlora"]]] = Field(
         description="fusion: Mix-of-Show's gradient fusion of the ED-LoRAs (multi.fusion), layer-wise tokens")
+    orthogonal: list[Literal[MERGES["orthogonal"]]] = Field(
+        description="sum: Orthogonal Adaptation's plain sum of the two adapters (exact, peft's cat)")
 
     @property
     def variants(self) -> list[str]:

@@ -83,7 +83,7 @@ class Method(Protocol):
 
 MethodFactory = Callable[[object], tuple[Method, Schedule]]
 MODULES = {name: f"dreamstudy.methods.{name}" for name in
-           ("dreambooth", "lora", "textual_inversion", "custom_diffusion", "edlora")}
+           ("dreambooth", "lora", "textual_inversion", "custom_diffusion", "edlora", "orthogonal")}
 METHODS: dict[str, MethodFactory] = {}
 
 

@@ -327,8 +327,8 @@ def merge_models(variant: str, pipe: StableDiffusionPipeline, concepts: Sequence
     to `folder`, in the format of its method: the merged model loads as a single-concept one does. `pipe` is the
     base model, float32."""
     folders = [Path(f) for f, _ in concepts]
-    if variant in ("lora_sum", "lora_average"):
-        save_merged_lora(pipe, load_loras(pipe, folders, variant.removeprefix("lora_")), folder)
+    if variant in ("lora_sum", "lora_average", "orthogonal_sum"):
+        save_merged_lora(pipe, load_loras(pipe, folders, variant.rpartition("_")[2]), folder)
     elif variant == "custom_diffusion_merge":
         merge_custom_diffusion(pipe, concepts, folder)
     elif variant == "textual_inversion_compose":
