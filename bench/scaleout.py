@@ -97,7 +97,7 @@ def main() -> None:
     start = time.perf_counter()
     workers = [clone(f"worker{i}") for i in range(2)]
     for i, folder in enumerate(workers):
-        sh([sys.executable, "-m", "dreamstudy.scaleout", "layers", "--shard", f"{i}/2"], folder)
+        sh([sys.executable, "-m", "dreamstudy.scaleout", "layers", "layers", "--shard", f"{i}/2"], folder)
     layers = sorted(p.name for p in (workers[0] / "layers").iterdir())
     train_layer = next(name for name in layers
                        if any(s.startswith("train@") for s in (workers[0] / "layers" / name).read_text().split()))

@@ -13,7 +13,7 @@ command -v sky > /dev/null || die "SkyPilot not found: pip install 'skypilot[aws
 dvc remote default > /dev/null 2>&1 || die "no default DVC remote: dvc remote add -d NAME URL, commit .dvc/config"
 [ -z "$(git status --porcelain -- params.yaml dvc.yaml src stages .dvc/config)" ] || die "commit params.yaml, dvc.yaml, the code and .dvc/config first"
 commit=$(git rev-parse HEAD)
-python -m dreamstudy.scaleout build/layers
+python -m dreamstudy.scaleout layers build/layers
 env=(--env REPO_URL="$1" --env COMMIT="$commit")
 sky launch -y -c study scaleout/sky.yaml "${env[@]}" --env LAYER=00
 for layer in build/layers/*.txt; do

@@ -22,7 +22,7 @@ repo=$(pwd)
 
 dvc cache dir --local "$cache" && dvc config --local cache.shared group && dvc config --local cache.type symlink
 mkdir -p logs/slurm
-python -m dreamstudy.scaleout logs/slurm/layers
+python -m dreamstudy.scaleout layers logs/slurm/layers
 after=""
 for layer in logs/slurm/layers/*.txt; do
     name=$(basename "$layer" .txt)

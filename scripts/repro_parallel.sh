@@ -25,7 +25,7 @@ fi
 key=$( { git rev-parse HEAD; git diff HEAD -- params.yaml dvc.yaml src stages; } | sha256sum | cut -c1-12)
 logs=logs/parallel/$key
 mkdir -p "$logs"
-python -m dreamstudy.scaleout "$logs/layers"
+python -m dreamstudy.scaleout layers "$logs/layers"
 for layer in "$logs"/layers/*.txt; do
     name=$(basename "$layer" .txt)
     echo "layer $name: $(wc -l < "$layer") stage(s), $slots slot(s)"

@@ -5,7 +5,8 @@
 #
 #   scripts/repro_worker.sh LAYER_FILE     LAYER_FILE: stage names, one per line (python -m dreamstudy.scaleout)
 #
-# With a DVC remote (dvc remote add -d NAME URL): dvc repro --pull STAGE, then dvc push --run-cache STAGE.
+# With a DVC remote (dvc remote add -d NAME URL): dvc repro --pull STAGE, then dvc push --run-cache STAGE and
+# python -m dreamstudy.scaleout push-runs (the runs' `cache: false` outputs, which DVC 3.67 leaves out).
 # With DVC_SHARED_CACHE=/shared/dir (a cache every worker mounts, e.g. a cluster's file system): dvc repro STAGE,
 # its results and run cache written to that cache.
 # A killed worker is resumed by running the same command: finished stages are restored or found unchanged.
@@ -24,8 +25,9 @@ else
     dvc remote default > /dev/null 2>&1 || die "no default DVC remote in $(pwd): dvc remote add -d NAME URL" \
         "(then commit .dvc/config), or set DVC_SHARED_CACHE to a cache directory every worker mounts"
     repro=(dvc repro --pull)
-    push=(dvc push --run-cache)
+    push=(push_stage)
 fi
+push_stage() { dvc push --run-cache "$1" && python -m dreamstudy.scaleout push-runs; }
 while read -r stage; do
     [ -n "$stage" ] || continue
     echo "== $stage"

@@ -68,9 +68,13 @@ DVC_YAML = """stages:
     do:
       cmd: >-
         echo work@${item} >> "$STARTED" && sleep $WORK_SECONDS &&
-        cat source_${item}.txt source_${item}.txt > work_${item}.txt && echo work@${item} >> "$RAN"
+        cat source_${item}.txt source_${item}.txt > work_${item}.txt && wc -c < work_${item}.txt > size_${item}.txt &&
+        echo work@${item} >> "$RAN"
       deps: ["source_${item}.txt"]
       outs: ["work_${item}.txt"]
+      metrics:  # tracked by Git, as the study's loss and metrics files (DVC saves no run of a stage with a plain
+        - "size_${item}.txt":  # `cache: false` out: stage/__init__.py, reproduce's no_cache_outs)
+            cache: false
   gather:
     cmd: cat work_a.txt work_b.txt work_c.txt > gather.txt && echo gather >> "$RAN"
     deps: [work_a.txt, work_b.txt, work_c.txt]
@@ -177,7 +181,7 @@ def test_workers_in_clones_share_results_and_a_third_clone_runs_nothing(toy, sha
     expected = serial_lock(toy)
     workers = [clone(toy, f"worker{i}") for i in range(2)]
     for i, folder in enumerate(workers):
-        run([sys.executable, "-m", "dreamstudy.scaleout", "layers", "--shard", f"{i}/2"], folder, toy[1])
+        run([sys.executable, "-m", "dreamstudy.scaleout", "layers", "layers", "--shard", f"{i}/2"], folder, toy[1])
     slow = {**toy[1], "WORK_SECONDS": "3"}
     if share == "shared cache":
         slow["DVC_SHARED_CACHE"] = str(toy[0].parent / "shared-cache")

@@ -5,12 +5,17 @@ stages whose inputs are already there. A stage's layer is one more than the deep
 it depends on, so every stage of a layer reads outputs of earlier layers only: a barrier between layers is
 all the scheduling the study needs, and each layer is a flat list of independent jobs.
 
-    python -m dreamstudy.scaleout FOLDER [--shard I/N]
+    python -m dreamstudy.scaleout layers FOLDER [--shard I/N]
 
 writes FOLDER/00.txt, 01.txt, ...: each layer's stage names, one per line (with --shard, the I-th of N
 workers' share: every N-th stage of each layer, from the I-th). The graph is `dvc dag --dot`'s: DVC's own
 dependencies, whatever dvc.yaml says. scripts/repro_parallel.sh and scaleout/ (Slurm, SkyPilot) read these
-files."""
+files.
+
+    python -m dreamstudy.scaleout push-runs [--remote NAME]
+
+pushes this workspace's run cache with every output of its runs (`push_runs`): what a worker does after
+`dvc push --run-cache STAGE`, so that other clones restore its stages instead of running them."""
 
 from __future__ import annotations
 
@@ -94,13 +99,38 @@ def write_layers(folder: Path, by_layer: list[list[str]]) -> list[Path]:
     return sorted(folder.iterdir())
 
 
+def push_runs(repo: Path, remote: str | None = None) -> int:
+    """Push the workspace's run cache and every output of its runs to `remote` (default: the default remote);
+    returns the runs pushed.
+
+    Why not `dvc push --run-cache` alone: DVC 3.67 commits a run's `cache: false` outputs (the study's loss
+    curves and metrics files) to the local cache with the run (stage/cache.py, `_uncached_outs`), but pushes
+    only the outputs in its data index, which leaves those out; a clone that pulls the run cache then cannot
+    restore such a stage and runs it again. The run entries name all their outputs, so those are pushed here.
+    DVC's Python API has no public call for this: it uses `Repo.stage_cache` and `Repo.cloud`."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        runs = dvc.stage_cache.push(remote)
+        for objects in dvc.stage_cache.get_used_objs(runs).values():
+            dvc.cloud.push(objects, remote=remote)
+    return len(runs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="where the layer files go (replaced whole)")
-    parser.add_argument("--shard", default="0/1", help="I/N: the I-th of N workers' share (default: all)")
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="the DVC project (default: here)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    layer_files = commands.add_parser("layers", help="write each layer's stage names")
+    layer_files.add_argument("folder", type=Path, help="where the layer files go (replaced whole)")
+    layer_files.add_argument("--shard", default="0/1", help="I/N: the I-th of N workers' share (default: all)")
+    push = commands.add_parser("push-runs", help="push the run cache with every output of its runs")
+    push.add_argument("--remote", help="default: the default remote")
     args = parser.parse_args(argv)
     try:
+        if args.command == "push-runs":
+            print(f"{push_runs(args.repo, args.remote)} run(s) pushed with their outputs")
+            return
         index, count = parse_shard(args.shard)
         by_layer = [shard(layer, index, count) for layer in layers(*parse_dot(dvc_dag(args.repo)))]
         for path in write_layers(args.folder, by_layer):
