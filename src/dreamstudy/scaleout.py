@@ -54,6 +54,8 @@ def parse_dot(text: str) -> tuple[list[str], list[tuple[str, str]]]:
 def layers(stages: Iterable[str], edges: Iterable[tuple[str, str]]) -> list[list[str]]:
     """The stages by layer, each layer in `stages`' order: a stage is one layer after its deepest upstream."""
     stages = list(stages)
+    if not stages:
+        raise ScaleOutError("the DAG has no stages (dvc.yaml empty?)")
     upstream = {stage: set() for stage in stages}
     for before, after in edges:
         if before not in upstream or after not in upstream:
@@ -66,8 +68,6 @@ def layers(stages: Iterable[str], edges: Iterable[tuple[str, str]]) -> list[list
         if not ready:
             raise ScaleOutError(f"the DAG has a cycle among {sorted(set(stages) - depth.keys())}")
         depth |= ready
-    if not stages:
-        raise ScaleOutError("the DAG has no stages (dvc.yaml empty?)")
     return [[s for s in stages if depth[s] == layer] for layer in range(max(depth.values()) + 1)]
 
 

@@ -102,7 +102,8 @@ def crop_scores(images: Sequence[Image.Image], subjects: Sequence[str], found: l
     """Per image of a pair: each subject's box and score, its crop's DINO and CLIP-I against its own photos, whether
     the crop is closer (DINO) to the other subject's photos (`mixed`), and CROP_METRICS. Two found subjects of one
     class (two dogs) take the two boxes in the order that makes each crop most like its own subject."""
-    crops = [(i, k) for i, boxes in enumerate(found) for k, box in enumerate(boxes) if box is not None]
+    crops = {(i, k): n for n, (i, k) in enumerate((i, k) for i, boxes in enumerate(found)
+                                                   for k, box in enumerate(boxes) if box is not None)}
     alike = {}  # [crops, subjects]: each crop's mean cosine to each subject's photos
     if crops:
         pictures = [crop_square(images[i], found[i][k]) for i, k in crops]
@@ -112,7 +113,7 @@ def crop_scores(images: Sequence[Image.Image], subjects: Sequence[str], found: l
     one_class = SUBJECTS[subjects[0]] == SUBJECTS[subjects[1]]
     records = []
     for i, boxes in enumerate(found):
-        crop_of = {k: crops.index((i, k)) for k, box in enumerate(boxes) if box is not None}  # subject -> crop
+        crop_of = {k: crops[i, k] for k, box in enumerate(boxes) if box is not None}  # subject -> crop
         if one_class and len(crop_of) == 2:
             (a, b), dino = (crop_of[0], crop_of[1]), alike["dino"]
             if dino[a, 1] + dino[b, 0] > dino[a, 0] + dino[b, 1]:
