@@ -124,6 +124,14 @@ def test_each_stage_depends_on_its_inputs_file_and_writes_where_the_layout_says(
     assert kinds == set(dag.KINDS)
 
 
+def test_every_stage_can_be_restored_from_the_run_cache(stages):
+    """DVC 3.67 saves no run of a stage with a plain `cache: false` output (Stage.reproduce: `run_cache=not
+    no_cache_outs`; metrics and plots are exempt), so a clone with the run cache would run it again."""
+    plain_uncached = [f"{stage.name}: {out.def_path}" for stage in stages for out in stage.outs
+                      if not (out.use_cache or out.metric or out.plot)]
+    assert plain_uncached == []
+
+
 def test_stage_inputs_depends_on_all_code_and_params(stages):
     stage = next(s for s in stages if s.name == "stage_inputs")
     assert {dep.def_path for dep in stage.deps if not dep.def_path.endswith(".yaml")} == {"stages", "src/dreamstudy"}

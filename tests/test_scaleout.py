@@ -72,8 +72,8 @@ DVC_YAML = """stages:
         echo work@${item} >> "$RAN"
       deps: ["source_${item}.txt"]
       outs: ["work_${item}.txt"]
-      metrics:  # tracked by Git, as the study's loss and metrics files (DVC saves no run of a stage with a plain
-        - "size_${item}.txt":  # `cache: false` out: stage/__init__.py, reproduce's no_cache_outs)
+      metrics:  # tracked by Git, as the study's headline metrics (a metric, not a plain `cache: false` out, of
+        - "size_${item}.txt":  # which DVC saves no run: stage/__init__.py, reproduce's no_cache_outs)
             cache: false
   gather:
     cmd: cat work_a.txt work_b.txt work_c.txt > gather.txt && echo gather >> "$RAN"
