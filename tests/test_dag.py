@@ -71,6 +71,7 @@ def expected_outs(kind: str, layout: Layout, cell: dict) -> set[str]:
                          ("per_image.csv", "per_prompt.csv", "stats.csv", "tests.csv", "retention.csv", "encoders.json",
                           "summary.json", "headline.json")],
         "report_multi": [layout.paper],
+        "paper": [layout.paper / "main.pdf"],
     }
     return {str(path) for path in paths[kind]}
 

@@ -17,9 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from dreamstudy import dag
 from dreamstudy.params import METHODS
@@ -31,6 +33,10 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
 
 pytestmark = pytest.mark.slow
+LATEX = bool(shutil.which("latexmk") and shutil.which("pdflatex"))
+needs_latex = pytest.mark.skipif(not LATEX, reason="LaTeX is not installed (make install-latex)")
+# what `make smoke-dag` reproduces: everything, or without LaTeX everything but the paper
+TARGETS = [] if LATEX else ["report", "report_ablation", "report_multi"]
 
 
 def env(repo: Path) -> dict:
@@ -105,18 +111,64 @@ def test_every_stage_runs_and_every_output_exists(smoke):
     assert (repo / "paper/multi/samples_dog+backpack.png").is_file()
 
 
+def pdf_text(pdf: Path, page: int | None = None) -> str:
+    """pdftotext's text of `pdf` (or of one page), math minus signs as hyphens, whitespace single, and words
+    that LaTeX hyphenated at a line's end joined again."""
+    pages = ["-f", str(page), "-l", str(page)] if page else []
+    text = subprocess.run(["pdftotext", *pages, "-layout", str(pdf), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    return re.sub(r"-\s+", "-", " ".join(text.replace("\u2212", "-").split()))
+
+
+@needs_latex
+def test_the_paper_compiles_without_undefined_references_or_overfull_boxes(smoke):
+    repo, log = smoke
+    assert "paper" in stages_run(log) and (repo / "paper/main.pdf").read_bytes().startswith(b"%PDF")
+    # the stage fails on a LaTeX error or an undefined reference or citation, and names wider boxes
+    assert "wider than the text" not in log
+
+
+@needs_latex
+def test_the_paper_prints_every_headline_number_and_the_random_weights_label(smoke):
+    repo, _ = smoke
+    text = pdf_text(repo / "paper/main.pdf")
+    summary = json.loads((repo / "results/metrics/summary.json").read_text())
+    for method, strategies in summary.items():
+        for strategy, means in strategies.items():
+            for metric in ("dino", "clip_i", "clip_t"):
+                assert f"{means[metric]:.3f}" in text, (method, strategy, metric)
+    best = max(means["dino"] for strategies in summary.values() for means in strategies.values())
+    assert f"The best DINO is {best:.3f}" in text  # the prose's macro, not only the table
+    assert "Random-init encoders: numbers are not comparable to published ones." in text
+    assert "What these numbers are. Random-init encoders" in text  # on the title page
+
+
+@needs_latex
+def test_a_figure_page_of_the_paper_is_not_blank(smoke, tmp_path):
+    repo, _ = smoke
+    pdf = repo / "paper/main.pdf"
+    pages = int(re.search(r"Pages:\s+(\d+)", run(["pdfinfo", str(pdf)], repo)).group(1))
+    page = next(n for n in range(1, pages + 1) if "DreamBench scores per method and strategy, with their intervals"
+                in pdf_text(pdf, n))
+    subprocess.run(["pdftoppm", "-f", str(page), "-l", str(page), "-r", "40", "-png", str(pdf), str(tmp_path / "p")],
+                   check=True)
+    with Image.open(next(tmp_path.glob("p*.png"))) as image:
+        grey = np.asarray(image.convert("L"))
+    assert (grey < 200).mean() > 0.05 and grey.std() > 20  # drawn, not an empty page with a caption
+
+
 def test_git_sees_the_metric_and_plot_files_and_no_other_output(smoke):
     repo, _ = smoke
     untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).split("\n")
     paths = {line[3:] for line in untracked if line}
     curves = {str(p.relative_to(repo)) for p in repo.glob("results/**/train/**/loss.tsv")}
-    assert curves and paths == {"dvc.lock", "params.yaml", "results/metrics/headline.json",
-                                "results/ablation/metrics/headline.json", "results/multi/metrics/headline.json", *curves}
+    headlines = {f"results/{study}metrics/headline.json" for study in ("", "ablation/", "multi/")}
+    assert curves and paths == {"dvc.lock", "params.yaml", *headlines, *curves}
 
 
 def test_second_repro_reruns_nothing(smoke):
     repo, _ = smoke
-    assert stages_run(run(["dvc", "repro"], repo)) == set()
+    assert stages_run(run(["dvc", "repro", *TARGETS], repo)) == set()
 
 
 def changed_by(repo: Path, path: str, change, prior_sets: bool = False) -> set[str]:
@@ -253,7 +305,7 @@ def kind_of(stage: str) -> str:
 def test_strength_experiment_reruns_augment_and_after(smoke):
     repo, _ = smoke
     before = json.loads((repo / "results/metrics/summary.json").read_text())
-    ran = stages_run(run(["dvc", "exp", "run", "-n", "s05", "-S", "aug.strength=0.5"], repo))
+    ran = stages_run(run(["dvc", "exp", "run", "-n", "s05", "-S", "aug.strength=0.5", *TARGETS], repo))
     assert "fetch_data" not in ran
     assert {s for s in ran if s.startswith("augment")} == {"augment@dog-classic", "augment@backpack-classic"}
     # `none` ignores the strength: its outputs are unchanged, so nothing downstream of it reruns
@@ -299,7 +351,7 @@ def test_changing_one_strength_reruns_only_its_column(smoke):
     repo, log = smoke
     assert {"gather_ablation", "report_ablation", "train_ablation_none@dog"} <= stages_run(log)
     assert re.search(r"^none & -- & ", (repo / "paper/ablation/ablation.tex").read_text(), re.MULTILINE)
-    ran = stages_run(run(["dvc", "exp", "run", "-S", "ablation.strengths=[0.5,0.75]"], repo))
+    ran = stages_run(run(["dvc", "exp", "run", "-S", "ablation.strengths=[0.5,0.75]", *TARGETS], repo))
     cells = {s for s in ran if s.startswith(("augment_ablation@", "train_ablation@", "sample_ablation@",
                                               "evaluate_ablation@"))}
     assert cells == {f"{stage}_ablation@dog-{strategy}-0.75" for stage in ("augment", "train", "sample", "evaluate")

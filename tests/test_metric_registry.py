@@ -53,7 +53,7 @@ def test_entries_are_consistent():
 
 def test_published_metrics_are_the_number_columns_of_published_csv():
     table = load_published()
-    text = {"method", "variant", "paper", "table", "subjects", "citation", "key"}
+    text = {"method", "variant", "paper", "table", "subjects", "bibkey"}
     assert set(table.columns) - text == names(lambda m: m.published)
 
 

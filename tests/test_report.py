@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,8 @@ from PIL import Image
 
 from dreamstudy.io import read_jsonl, write_json, write_jsonl
 from dreamstudy.models.loading import RANDOM_MODELS
-from dreamstudy.report import ResultsError, load_results, write_report
+from dreamstudy.params import LoraParams
+from dreamstudy.report import ResultsError, Settings, load_results, write_report
 from dreamstudy.report.ablation import strength_figure, write_ablation_report
 from dreamstudy.report.figures import breakdown_figure, dino_vs_clip_t_figure, metrics_figure, samples_figure
 from dreamstudy.report.latex import escape_latex
@@ -46,7 +48,10 @@ REAL = {"dog": (0.8, 0.9), "backpack": (0.7, 0.85)}  # dino, clip_i among the re
 FIGURES = ["metrics", "dino_vs_clip_t", "breakdown", "overfitting", "memorization", "samples_dog",
            "samples_backpack"]
 EXPECTED_FILES = {f"figures/{name}.{ext}" for name in FIGURES for ext in ["pdf", "png"]}
-EXPECTED_FILES |= {f"tables/{name}.tex" for name in ["main", "overfitting", "breakdown", "per_subject"]}
+EXPECTED_FILES |= {f"tables/{name}.tex" for name in ["main", "overfitting", "breakdown", "per_subject", "settings",
+                                                     "numbers"]} | {"figures/samples.tex"}
+SETTINGS = Settings({"lora": LoraParams(lr=1e-4, steps=500, rank=8)}, class_images=200, prior_weight=1.0,
+                    strength=0.5)
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -135,6 +140,17 @@ def load(results_dir: Path):
     return load_results(results_dir, memorization_threshold=THRESHOLD)
 
 
+def photos(results) -> dict[str, list[Path]]:
+    """Stand-ins for each subject's training photos: its samples of the first strategy, prompt 0."""
+    samples = results.samples
+    rows = samples[(samples["prompt_index"] == 0) & (samples["strategy"] == samples["strategy"].iloc[0])]
+    return {subject: list(group["path"]) for subject, group in rows.groupby("subject")}
+
+
+def report(results, out: Path) -> list[Path]:
+    return write_report(results, out, photos=photos(results), settings=SETTINGS)
+
+
 @pytest.fixture(scope="module")
 def random_init_results(tmp_path_factory) -> Path:
     return make_results(tmp_path_factory.mktemp("random") / "results", pretrained=False)
@@ -148,7 +164,7 @@ def results(random_init_results):
 @pytest.fixture(scope="module")
 def paper(results, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("paper") / "paper"
-    write_report(results, out)
+    report(results, out)
     return out
 
 
@@ -179,7 +195,7 @@ def test_every_file_is_produced_and_nothing_else(paper):
 
 
 def test_tables_are_booktabs_with_caption_and_label(paper):
-    for tex in paper.glob("tables/*.tex"):
+    for tex in set(paper.glob("tables/*.tex")) - {paper / "tables" / "numbers.tex"}:
         text = tex.read_text()
         for rule in [r"\toprule", r"\midrule", r"\bottomrule", r"\caption{", r"\label{tab:"]:
             assert rule in text, f"{tex.name} lacks {rule}"
@@ -200,16 +216,15 @@ def test_main_table_has_the_real_images_upper_bound(paper):
 
 def test_published_numbers_stand_beside_ours_with_their_protocol(paper):
     text = table(paper, "main")
-    assert r"\multicolumn{6}{l}{\emph{Published (other protocols" in text
-    assert has_row(text, r"DreamBooth (SD)$^{\mathrm{a}}$", "--", "0.668", "0.803", "0.305", "--")
-    assert has_row(text, r"Real images (upper bound)$^{\mathrm{a}}$", "--", "0.774", "0.885", "--", "--")
-    assert has_row(text, r"IP-Adapter$^{\mathrm{b}}$", "--", "0.667", "0.813", "0.289", "--")
-    assert has_row(text, r"DreamBooth (Imagen)$^{\mathrm{c}}$", "without PPL", "0.712", "0.828", "0.306", "--")
+    assert r"\multicolumn{6}{l}{\emph{Published (other protocols: see caption)}}" in text
+    assert has_row(text, r"DreamBooth (SD) \cite[Tab.~1]{ruiz2023dreambooth}", "--", "0.668", "0.803", "0.305", "--")
+    assert has_row(text, r"IP-Adapter \cite[Tab.~2]{aiello2024dreamcache}", "--", "0.667", "0.813", "0.289", "--")
+    assert has_row(text, r"DreamBooth (Imagen) \cite[Tab.~3]{ruiz2023dreambooth}", "without PPL", "0.712", "0.828",
+                   "0.306", "--")
     caption = re.search(r"\\caption\{(.*)\}", text).group(1)
-    for fact in ["a: Ruiz et al., DreamBooth, CVPR 2023, Table 1 (30 subjects)", "b: DreamCache, arXiv:2411.17786",
-                 "Table 3 (15 subjects)", "not CLIPScore (2.5 x cosine)", "without the identifier token",
-                 "2 subjects x 3 prompts x 2 images per prompt", f"{SD15}, ddim 50 steps;", "DINO dino\\_vits16",
-                 RANDOM_INIT_LABEL]:
+    for fact in ["DreamBooth, Table 1: 30 subjects; DreamBooth, Table 3: 15 subjects", "not CLIPScore (2.5 x cosine)",
+                 "without the identifier token", "2 subjects x 3 prompts x 2 images per prompt",
+                 f"{SD15}, ddim 50 steps;", "DINO dino\\_vits16", RANDOM_INIT_LABEL]:
         assert fact in caption, fact
     published = load_published()  # every row of REFERENCE.md's tables
     assert len(published) == 10 and published["dino"].notna().all()
@@ -222,8 +237,8 @@ def test_overfitting_table_has_div_pres_memorized_and_the_ppl_ablation(paper):
     assert has_row(text, "lora", "none", with_ci("0.200"), with_ci("0.500"), "0.450", with_ci("0.250")), text
     # classic: PRES of dog only (backpack's run has no pres.jsonl)
     assert has_row(text, "lora", "classic", with_ci("0.300"), with_ci("0.400"), "0.450", with_ci("0.250")), text
-    # the same source letter as in the main table: DreamBooth, Table 3
-    assert has_row(text, r"DreamBooth (Imagen)$^{\mathrm{c}}$", "with PPL", "0.391", "0.493", "--", "--"), text
+    assert has_row(text, r"DreamBooth (Imagen) \cite[Tab.~3]{ruiz2023dreambooth}", "with PPL", "0.391", "0.493", "--",
+                   "--"), text
     assert "exceeds 0.9" in text and "alex (random backbone)" in text
     assert "IP-Adapter" not in text  # no DIV or PRES published
 
@@ -238,11 +253,13 @@ def test_breakdown_table_by_prompt_kind_and_live(paper):
     assert has_row(text, "lora", "classic", "0.760", "0.960", "0.300", "0.500"), text
 
 
-def test_per_subject_table_has_a_row_per_subject_and_escapes_latex(paper):
+def test_per_subject_table_is_a_long_table_with_a_row_per_subject_and_run(paper):
     text = table(paper, "per_subject")
-    assert r"\multicolumn{3}{c}{lora / none}" in text
+    assert r"\begin{longtable}" in text  # it breaks across pages: 30 subjects x every run fit
     # backpack, none: 0.4 + 0.25 + 0.01 = 0.660; classic: 0.760; escaped encoder name in the caption.
-    assert re.search(r"^backpack & backpack & 0\.660 & 0\.860 & 0\.300 & 0\.760 & ", text, re.MULTILINE), text
+    assert has_row(text, "backpack", "backpack", "lora", "none", "0.660", "0.860", "0.300"), text
+    assert has_row(text, "backpack", "backpack", "lora", "classic", "0.760", "0.960", "0.300"), text
+    assert text.index("dog & dog & lora & none") < text.index("backpack & backpack")  # subjects in results' order
     assert r"dino\_vits16" in text
 
 
@@ -263,7 +280,7 @@ def test_no_tests_without_a_none_baseline(tmp_path, header_only):
                                                      "n_subjects,significant,alpha,note\n")
     results = load(results_dir)
     assert results.tests.empty
-    write_report(results, tmp_path / "paper")
+    report(results, tmp_path / "paper")
     text = table(tmp_path / "paper", "main")
     assert "$*" not in text and "No significance tests" in text
 
@@ -271,15 +288,16 @@ def test_no_tests_without_a_none_baseline(tmp_path, header_only):
 def test_real_images_of_a_single_photo_subject_are_left_out(tmp_path):
     results_dir = make_results(tmp_path / "results")
     set_cell("real_images.csv", "dino", np.nan, row=1)(results_dir)  # backpack: one photo, no pair
-    write_report(load(results_dir), tmp_path / "paper")
+    report(load(results_dir), tmp_path / "paper")
     assert has_row(table(tmp_path / "paper", "main"), "Real images (upper bound)", "--", "0.800", "0.875", "--", "--")
 
 
 # ---- labels -------------------------------------------------------------------------------------------------
 
 def figure_titles(results) -> list[str]:
-    figures = [metrics_figure(results), dino_vs_clip_t_figure(results), samples_figure(results, "dog", 4),
-               breakdown_figure(results), overfitting_figure(results), memorization_figure(results)]
+    figures = [metrics_figure(results), dino_vs_clip_t_figure(results),
+               samples_figure(results, "dog", photos(results)["dog"], 4), breakdown_figure(results),
+               overfitting_figure(results), memorization_figure(results)]
     return [figure.get_suptitle() for figure in figures]
 
 
@@ -292,7 +310,7 @@ def test_random_init_label_in_every_caption(paper, results):
 
 def test_no_random_init_label_with_pretrained_encoders(tmp_path):
     results = load(make_results(tmp_path / "results", pretrained=True))
-    write_report(results, tmp_path / "paper")
+    report(results, tmp_path / "paper")
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
         assert "random-init" not in tex.read_text().lower()
     for title in figure_titles(results):
@@ -304,7 +322,7 @@ def test_random_model_label_names_the_model_in_every_caption(tmp_path, model):
     results = load(make_results(tmp_path / "results", pretrained=True, model=model))
     label = RANDOM_MODEL_LABEL.format(model=model)
     assert f"'{model}'" in label
-    write_report(results, tmp_path / "paper")
+    report(results, tmp_path / "paper")
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
         assert escape_latex(label) in tex.read_text(), tex.name
     assert all(label in title for title in figure_titles(results))
@@ -321,7 +339,7 @@ def test_sampling_deviation_from_dreambench_is_labelled(tmp_path):
     results = load(make_results(tmp_path / "results", pretrained=True, sampling=dpm))
     label = "Sampling deviates from the DreamBench protocol (50 DDIM steps): dpm, 25 steps."
     assert results.caption("Scores.") == f"Scores. {label}"
-    write_report(results, tmp_path / "paper")
+    report(results, tmp_path / "paper")
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
         assert escape_latex(label) in tex.read_text(), tex.name
     assert all(label in title for title in figure_titles(results))
@@ -340,7 +358,7 @@ def test_every_deviating_sampling_is_named_once(tmp_path):
 def test_no_deviation_label_with_50_ddim_steps(tmp_path):
     results = load(make_results(tmp_path / "results", pretrained=True))
     assert results.sampling == [("ddim", 50)]
-    write_report(results, tmp_path / "paper")
+    report(results, tmp_path / "paper")
     for tex in (tmp_path / "paper").glob("tables/*.tex"):
         assert "deviates" not in tex.read_text(), tex.name
     assert not any("deviates" in title for title in figure_titles(results))
@@ -350,7 +368,7 @@ def test_captions_state_the_recorded_confidence_and_alpha(tmp_path):
     """The levels come from stats.csv and tests.csv (the gather's eval.confidence, eval.alpha), not a 95% / 0.05
     written into the report."""
     results = load(make_results(tmp_path / "results", confidence=0.9, alpha=0.01))
-    write_report(results, tmp_path / "paper")
+    report(results, tmp_path / "paper")
     write_ablation_report(results, tmp_path / "ablation")
     for text in [table(tmp_path / "paper", "main"), table(tmp_path / "paper", "overfitting"),
                  (tmp_path / "ablation" / "ablation.tex").read_text()]:  # the tables with CIs and tests
@@ -412,21 +430,60 @@ def test_breakdown_figure_bars_are_the_group_means(results):
     assert heights == [0.535, 0.41, 0.66, 0.635, 0.51, 0.76]
 
 
-def test_sample_grid_rows_are_runs_and_columns_prompts(results):
-    figure = samples_figure(results, "backpack", n_prompts=2)
-    axes = np.array(figure.axes).reshape(2, 2)
-    titles = [ax.get_title().replace("\n", " ") for ax in axes[0]]  # long prompts are wrapped
-    assert titles == ["a sks backpack in the jungle", "a sks backpack in the snow"]
-    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["lora\nnone", "lora\nclassic"]
-    shown = axes[1, 1].get_images()[0].get_array()
-    assert tuple(shown[0, 0]) == (40, 0, 50)  # classic, prompt 1, image 0
+def test_sample_grid_shows_the_training_photos_first_then_a_column_per_run(results):
+    figure = samples_figure(results, "backpack", photos(results)["backpack"], n_prompts=2)
+    axes = np.array(figure.axes).reshape(2, 3)
+    assert [ax.get_title() for ax in axes[0]] == ["training photo", "lora\nnone", "lora\nclassic"]
+    labels = [ax.get_ylabel().replace("\n", " ") for ax in axes[:, 0]]  # long prompts are wrapped
+    assert labels == ["a sks backpack in the jungle", "a sks backpack in the snow"]
+    assert tuple(axes[1, 0].get_images()[0].get_array()[0, 0]) == (0, 100, 200)  # photo 1: none, prompt 0, image 1
+    assert tuple(axes[1, 2].get_images()[0].get_array()[0, 0]) == (40, 0, 50)  # classic, prompt 1, image 0
+
+
+def test_a_subject_without_photos_is_named(results):
+    with pytest.raises(ResultsError, match="'dog': no training photo"):
+        samples_figure(results, "dog", [], 2)
+
+
+# ---- what paper/main.tex reads -------------------------------------------------------------------------------
+
+def result(paper: Path, key: str) -> str:
+    """The value numbers.tex gives `key`."""
+    text = (paper / "tables" / "numbers.tex").read_text()
+    return re.search(r"\\csname result@" + re.escape(key) + r"\\endcsname\{(.*)\}$", text, re.MULTILINE).group(1)
+
+
+def test_numbers_of_the_text_are_the_tables(paper):
+    # dino = strategy base + subject offset (0, 0.25) + 0.02 x image index (0, 1): none 0.535, classic 0.635
+    assert result(paper, "main/dino/lora/none") == "0.535" and result(paper, "main/dino/lora/classic") == "0.635"
+    assert result(paper, "main/best/dino") == "0.635" and result(paper, "main/best/dino/run") == "lora / classic"
+    assert result(paper, "main/best/pres") == "0.400"  # lower is better: classic's 0.4 (backpack's is NaN)
+    assert result(paper, "main/change/dino/min") == result(paper, "main/change/dino/max") == "$+0.100$"
+    assert (result(paper, "main/significant"), result(paper, "main/tests")) == ("1", "6")  # dino's p 0.01
+    assert result(paper, "main/subjects") == "2" and result(paper, "main/images") == str(2 * 2 * 3 * 2)
+    assert result(paper, "main/real/dino") == "0.750" and RANDOM_INIT_LABEL in result(paper, "main/labels")
+    assert "0.635" in table(paper, "main")  # the same number in the table
+
+
+def test_settings_table_prints_each_methods_params(paper):
+    text = table(paper, "settings")
+    assert has_row(text, "lora", "500", "0.0001", "1", "no", "rank 8, alpha 4, train text encoder no")
+    assert "200 class images per class" in text and "strength 0.5" in text
+
+
+def test_published_rows_cite_their_paper_and_table(paper):
+    bib = (REPO / "paper" / "references.bib").read_text()
+    published = load_published()
+    for row in published.itertuples():
+        assert re.search(r"@\w+\{" + row.bibkey + ",", bib), row.bibkey
+        assert rf"{escape_latex(row.method)} \cite[Tab.~{row.table}]{{{row.bibkey}}}" in table(paper, "main")
 
 
 # ---- determinism, atomic writes, inputs -----------------------------------------------------------------------
 
 def test_two_runs_give_identical_files(paper, random_init_results, tmp_path):
     again = tmp_path / "paper"
-    write_report(load(random_init_results), again)
+    report(load(random_init_results), again)
     for name in sorted(EXPECTED_FILES):
         assert (again / name).read_bytes() == (paper / name).read_bytes(), name
     for pdf in again.glob("figures/*.pdf"):  # runs a second apart would differ by it
@@ -435,7 +492,7 @@ def test_two_runs_give_identical_files(paper, random_init_results, tmp_path):
 
 def test_failed_report_leaves_previous_output(random_init_results, tmp_path, monkeypatch):
     out = tmp_path / "paper"
-    write_report(load(random_init_results), out)
+    report(load(random_init_results), out)
     before = {name: (out / name).read_bytes() for name in EXPECTED_FILES}
 
     def broken(*args, **kwargs):
@@ -443,7 +500,7 @@ def test_failed_report_leaves_previous_output(random_init_results, tmp_path, mon
 
     monkeypatch.setattr("dreamstudy.report.figures.samples_figure", broken)
     with pytest.raises(RuntimeError, match="drawing failed"):
-        write_report(load(random_init_results), out)
+        report(load(random_init_results), out)
     assert produced(out) == EXPECTED_FILES  # no half-written files, no temporary folders
     assert {name: (out / name).read_bytes() for name in EXPECTED_FILES} == before
 
@@ -518,6 +575,8 @@ def test_stage_writes_paper_from_results(random_init_results, tmp_path, monkeypa
     spec.loader.exec_module(stage)
     shutil.copytree(random_init_results, tmp_path / "results")
     monkeypatch.chdir(tmp_path)
+    subjects = {name: SimpleNamespace(images=images) for name, images in photos(load(tmp_path / "results")).items()}
+    monkeypatch.setattr(stage, "load_dataset", lambda folder: SimpleNamespace(subjects=subjects))
     stage.main(["--params", str(REPO / "params.smoke.yaml")])
     assert produced(tmp_path / "paper") == EXPECTED_FILES
 
@@ -541,7 +600,8 @@ def ablation_results(tmp_path):
 
 def test_ablation_report(ablation_results, tmp_path):
     written = write_ablation_report(ablation_results, tmp_path / "paper")
-    assert {p.name for p in written} == {"ablation.tex", "plane.pdf", "plane.png", "strength.pdf", "strength.png"}
+    assert {p.name for p in written} == {"ablation.tex", "numbers.tex", "plane.pdf", "plane.png", "strength.pdf",
+                                         "strength.png"}
     tex = (tmp_path / "paper" / "ablation.tex").read_text()
     cell = r"\$%s\^\{\+0\.020\}_\{-0\.010\}\$"  # stats.csv's mean and CI
     assert re.search(r"^none & -- & " + cell % r"0\.535" + " & ", tex, re.MULTILINE), tex  # the baseline first

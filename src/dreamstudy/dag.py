@@ -133,7 +133,11 @@ def _gather(p: Params, study: str, item: None) -> list[str]:
 
 
 def _report(p: Params, study: str, item: None) -> list[str]:
-    return ["eval.memorization_threshold"]
+    if study != "main":
+        return ["eval.memorization_threshold"]
+    # the settings table: every method's training settings, the class priors' and the augmentation strength
+    methods = [f"train.{method}" for method in [*p.train.methods, *p.train.baseline_methods]]
+    return ["eval.memorization_threshold", *methods, "priors.num_images", "priors.weight", "aug.strength"]
 
 
 KINDS = {
@@ -158,6 +162,7 @@ KINDS = {
     "evaluate_multi": Kind(("pair", "variant"), _evaluate_multi, studies=("multi",)),
     "gather_multi": Kind((), _gather_multi, studies=("multi",)),
     "report_multi": Kind((), lambda p, study, item: [], studies=("multi",)),  # from results/multi/ alone
+    "paper": Kind((), lambda p, study, item: [], studies=("main",)),  # compiles what the reports wrote
 }
 ITEMS = {"method": METHODS, "strategy": STRATEGIES, "variant": SAMPLE_LABELS, None: (None,)}
 

@@ -23,6 +23,7 @@ from dreamstudy.metrics.registry import CLIP_T, DINO
 from dreamstudy.report.figures import axis_label, plt, save, sns
 from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex
 from dreamstudy.report.load import INTERVAL_METRICS, Results
+from dreamstudy.report.paper import study_numbers, write_numbers
 from dreamstudy.report.tables import ci_note, definitions_note, run_rows, significance_note
 
 BASELINE_LABEL = f"{BASELINE} (original images)"
@@ -94,10 +95,13 @@ def table_latex(results: Results) -> str:
 
 
 def write_ablation_report(results: Results, out_dir: str | Path) -> list[Path]:
-    """paper/ablation/: strength.{pdf,png}, plane.{pdf,png}, ablation.tex, written whole."""
+    """paper/ablation/: strength.{pdf,png}, plane.{pdf,png}, ablation.tex, numbers.tex (the paper's numbers),
+    written whole."""
     with atomic_dir(out_dir) as tmp:
         for name, figure in (("strength", strength_figure(results)), ("plane", plane_figure(results))):
             save(figure, tmp, name)
             plt.close(figure)
         (tmp / "ablation.tex").write_text(table_latex(results))
+        write_numbers(study_numbers(results, "ablation") | {"ablation/method": escape_latex(results.methods[0])},
+                      tmp / "numbers.tex")
     return sorted(Path(out_dir).iterdir())

@@ -26,8 +26,10 @@ THUMBNAIL_PX = 256  # a grid cell is ~2 in wide: full-size samples would only bl
 PROMPT_TITLE_WIDTH = 26  # characters per line of a prompt above its column
 
 
-def write_figures(results: Results, figures_dir: str | Path, *, sample_prompts: int = 4) -> None:
-    """Every figure into `figures_dir` (a temporary folder: see `write_report`), one at a time to bound memory."""
+def write_figures(results: Results, figures_dir: str | Path, photos: dict[str, list[Path]], *,
+                  sample_prompts: int = 4) -> None:
+    """Every figure into `figures_dir` (a temporary folder: see `write_report`), one at a time to bound memory;
+    `photos`: each subject's training photos, for its sample grid."""
     builders = {
         "metrics": functools.partial(metrics_figure, results),
         "dino_vs_clip_t": functools.partial(dino_vs_clip_t_figure, results),
@@ -35,7 +37,8 @@ def write_figures(results: Results, figures_dir: str | Path, *, sample_prompts: 
         "overfitting": functools.partial(overfitting_figure, results),
         "memorization": functools.partial(memorization_figure, results),
     } | {
-        f"samples_{subject}": functools.partial(samples_figure, results, subject, sample_prompts)
+        f"samples_{subject}": functools.partial(samples_figure, results, subject, photos.get(subject, []),
+                                                sample_prompts)
         for subject in results.subjects
     }
     for name, build in builders.items():
@@ -98,31 +101,37 @@ def breakdown_figure(results: Results) -> Figure:
     return grid.figure
 
 
-def samples_figure(results: Results, subject: str, n_prompts: int) -> Figure:
-    """Rows = (method, strategy), columns = the subject's first `n_prompts` prompts, image 0 of each."""
+def samples_figure(results: Results, subject: str, photos: list[Path], n_prompts: int) -> Figure:
+    """The subject's training photos in the first column, as in DreamBooth's figures, so that fidelity is judged
+    at a glance; then a column per (method, strategy); a row per prompt of the first `n_prompts`, image 0."""
     samples = results.samples[(results.samples["subject"] == subject) & (results.samples["image_index"] == 0)]
     prompts = samples.drop_duplicates("prompt_index").sort_values("prompt_index").head(n_prompts)
     if prompts.empty:
         raise ResultsError(f"samples.jsonl of subject {subject!r}: no row with image_index 0")
-    columns = list(prompts[["prompt_index", "prompt"]].itertuples(index=False))
+    if not photos:
+        raise ResultsError(f"subject {subject!r}: no training photo to show beside its samples")
+    rows = list(prompts[["prompt_index", "prompt"]].itertuples(index=False))
     sampled = set(samples[RUN_KEYS].itertuples(index=False, name=None))
     runs = [run for run in results.runs if run in sampled]
-    figure, axes = plt.subplots(len(runs), len(columns), squeeze=False, layout="constrained",
-                                figsize=(2 * len(columns) + 0.4, 2.2 * len(runs) + 0.6))
-    for row, (method, strategy) in enumerate(runs):
-        for column, (prompt_index, prompt) in enumerate(columns):
-            ax = axes[row, column]
-            ax.set(xticks=[], yticks=[])
+    figure, axes = plt.subplots(len(rows), 1 + len(runs), squeeze=False, layout="constrained",
+                                figsize=(1.6 * (1 + len(runs)) + 1.6, 1.6 * len(rows) + 0.9))
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+    for row, (prompt_index, prompt) in enumerate(rows):
+        if row < len(photos):  # fewer photos than prompts: the rest of the column stays empty
+            axes[row, 0].imshow(thumbnail(photos[row]))
+        axes[row, 0].set_ylabel(textwrap.fill(prompt, PROMPT_TITLE_WIDTH), fontsize=8)
+        for column, (method, strategy) in enumerate(runs, start=1):
             cell = samples[(samples["method"] == method) & (samples["strategy"] == strategy)
                            & (samples["prompt_index"] == prompt_index)]
             if not cell.empty:  # an unsampled prompt stays an empty frame
-                ax.imshow(thumbnail(cell["path"].iloc[0]))
-            if row == 0:
-                ax.set_title(textwrap.fill(prompt, PROMPT_TITLE_WIDTH), fontsize=8)
-            if column == 0:
-                ax.set_ylabel(f"{method}\n{strategy}")
+                axes[row, column].imshow(thumbnail(cell["path"].iloc[0]))
+    axes[0, 0].set_title("training photo", fontsize=9)
+    for column, (method, strategy) in enumerate(runs, start=1):
+        axes[0, column].set_title(f"{method}\n{strategy}", fontsize=9)
     subject_class = results.per_subject.loc[results.per_subject["subject"] == subject, "class"].iloc[0]
-    figure.suptitle(results.caption(f"Samples of {subject} ({subject_class}): image 0 per prompt", sep="\n"))
+    figure.suptitle(results.caption(f"Samples of {subject} ({subject_class}): its training photos, then image 0 "
+                                    "per prompt (rows) of each method and strategy", sep="\n"))
     return figure
 
 

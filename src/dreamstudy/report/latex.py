@@ -1,4 +1,4 @@
-"""Booktabs LaTeX: whole tables from a DataFrame (`to_latex`) or from blocks of preformatted rows separated by
+"""Booktabs LaTeX: long tables from a DataFrame (`long_table`, across pages) or from blocks of preformatted rows separated by
 midrules (`booktabs`: ours, real images, published), and the cell formats they share."""
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class Block:
 def booktabs(header: list[str], align: str, blocks: list[Block], caption: str, label: str) -> str:
     """A booktabs table whose non-empty blocks are separated by midrules. Cells are LaTeX already; header,
     titles and caption are plain text, escaped here."""
-    lines = [r"\begin{table}", r"\centering", rf"\caption{{{escape_latex(caption)}}}", rf"\label{{{label}}}",
+    lines = [r"\begin{table}", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",  # fits 6-8 columns of CIs
+             rf"\caption{{{escape_latex(caption)}}}", rf"\label{{{label}}}",
              rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(map(escape_latex, header)) + r" \\"]
     for block in (b for b in blocks if b.rows):
         lines.append(r"\midrule")
@@ -55,11 +56,12 @@ def booktabs(header: list[str], align: str, blocks: list[Block], caption: str, l
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table: text left-aligned, numbers right-aligned with 3 decimals, LaTeX specials escaped."""
+def long_table(table: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs longtable (it breaks across pages, its header repeated): text left-aligned, numbers
+    right-aligned with 3 decimals, LaTeX specials escaped."""
     alignment = "".join("r" if pd.api.types.is_numeric_dtype(dtype) else "l" for dtype in table.dtypes)
     styler = (table.style.hide(axis="index")
               .format(precision=DIGITS, escape="latex", na_rep=MISSING)
               .format_index(escape="latex", axis="columns"))
-    return styler.to_latex(column_format=alignment, hrules=True, multicol_align="c", position_float="centering",
+    return styler.to_latex(column_format=alignment, hrules=True, environment="longtable",
                            caption=escape_latex(caption), label=label)

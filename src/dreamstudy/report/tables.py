@@ -8,20 +8,33 @@ live vs object; per_subject.tex: every subject's scores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from dreamstudy.layout import BASELINE
 from dreamstudy.metrics.registry import CLIP_T, DIV, MEMORIZED, PRES, PRES_BASE, Metric
-from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number, to_latex
+from dreamstudy.params import MethodParams
+from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, long_table, number
 from dreamstudy.report.load import LABELS, MAIN_METRICS, OVERFITTING_METRICS, RUN_KEYS, SUBJECT_KEYS, Results
 from dreamstudy.report.published import load_published, published_rows, sources_note
 
 __all__ = ["write_tables"]  # also read by the ablation's report: run_rows and the caption notes
 
+
+@dataclass(frozen=True)
+class Settings:
+    """What the runs were trained with (params.yaml), for the settings table."""
+
+    methods: dict[str, MethodParams]  # every method of the results
+    class_images: int  # priors.num_images
+    prior_weight: float  # priors.weight
+    strength: float  # aug.strength
+
+
 BY_LABELS = {"prompt_kind": "prompt kind", "live": "subject"}
-PUBLISHED_TITLE = "Published (other protocols, not directly comparable; see caption)"
+PUBLISHED_TITLE = "Published (other protocols: see caption)"
 REAL_NOTE = ("n: generated images per run. Real images: mean similarity between different real photos of a "
              "subject, averaged over subjects (the upper bound).")
 
@@ -104,13 +117,38 @@ def ordered_metrics(metrics: pd.Series) -> list[str]:
 
 
 def per_subject_table(results: Results) -> pd.DataFrame:
-    """One row per subject; a column group per (method, strategy) with its three scores."""
-    per_subject = results.per_subject.assign(run=lambda t: t["method"] + " / " + t["strategy"])
-    runs = [f"{method} / {strategy}" for method, strategy in results.runs]
-    wide = per_subject.pivot(index=["subject", "class"], columns="run", values=[m.name for m in MAIN_METRICS])
-    wide = wide.rename(columns=LABELS, level=0).swaplevel(axis="columns")
-    wide = wide.reindex(columns=pd.MultiIndex.from_product([runs, [m.label for m in MAIN_METRICS]]))
-    return wide.reset_index().rename(columns={"subject": "Subject", "class": "Class"})
+    """One row per (subject, method, strategy) with its three scores: long, so that it fits the page at any grid
+    size (a longtable breaks across pages)."""
+    table = results.per_subject.set_index(RUN_KEYS).loc[results.runs].reset_index()  # runs in table order
+    table = table.sort_values("subject", key=lambda s: s.map(results.subjects.index), kind="stable")
+    table = table[["subject", "class", *RUN_KEYS, *(m.name for m in MAIN_METRICS)]]
+    return table.rename(columns={"subject": "Subject", "class": "Class", "method": "Method", "strategy": "Strategy",
+                                 **LABELS})
+
+
+def setting(value) -> str:
+    """1e-05 -> '1e-05', True -> 'yes'."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_table(results: Results, settings: Settings) -> str:
+    """A row per method: steps, learning rate, batch, prior preservation and its own settings (rank, ...)."""
+    common = set(MethodParams.model_fields)
+    rows = []
+    for method in results.methods:
+        p = settings.methods[method]
+        own = ", ".join(f"{name.replace('_', ' ')} {setting(value)}"
+                        for name, value in p.model_dump().items() if name not in common)
+        rows.append([escape_latex(method), str(p.steps), f"{p.lr:g}", str(p.batch_size),
+                     setting(p.prior_preservation), escape_latex(own) or MISSING])
+    caption = (f"Training settings per method (params.yaml, train section): AdamW steps, learning rate and instance "
+               f"images per step. Prior preservation: {settings.class_images} class images per class, loss weight "
+               f"{settings.prior_weight:g}. Augmentation strength {settings.strength:g} for every strategy but "
+               f"'{BASELINE}'.")
+    return booktabs(["Method", "Steps", "LR", "Batch", "Prior pres.", "Other"], "lrrrlp{0.35\\linewidth}",
+                    [Block(rows)], results.caption(caption), "tab:settings")
 
 
 def definitions_note(results: Results) -> str:
@@ -153,7 +191,8 @@ def published_note(published: pd.DataFrame, scores: bool = True) -> str:
     """The sources of the published rows and, for DreamBench's scores (`scores`), how their protocol differs."""
     differences = ("; DreamBooth names neither its CLIP backbone nor its preprocessing, and whether "
                    f"{CLIP_T.label} keeps the identifier is not standardised") if scores else ""
-    return f"Published rows: {sources_note(published)}; base model as named in the row{differences}."
+    return (f"Published rows: from the paper and table cited in the row ({sources_note(published)}); base model as "
+            f"named in the row{differences}.")
 
 
 def span(counts: pd.Series) -> str:
@@ -166,7 +205,7 @@ def write_tables(results: Results, tables_dir: str | Path) -> None:
     `write_report`)."""
     tables_dir = Path(tables_dir)
     encoders = f"DINO: {results.encoders.dino}; CLIP: {results.encoders.clip}"
-    per_subject = to_latex(per_subject_table(results), results.caption(
+    per_subject = long_table(per_subject_table(results), results.caption(
         f"DreamBench scores per subject, method and augmentation strategy ({encoders})."), "tab:per-subject")
     for name, text in {"main": main_table(results), "overfitting": overfitting_table(results),
                        "breakdown": breakdown_table(results), "per_subject": per_subject}.items():
