@@ -233,7 +233,7 @@ def test_the_prior_weight_reruns_only_methods_with_prior_preservation(smoke):
     assert preserving and len(preserving) < len(METHODS)
     changed = with_params(repo, prior_sets=True, **{"priors.weight": 0.5})
     assert changed == {*(f"prior_set@{s}-{m}" for s in ("dog", "backpack") for m in preserving),
-                       *grid("train", methods=preserving)}
+                       *grid("train", methods=preserving), "report"}  # the paper's settings table prints it
 
 
 def test_one_subjects_identifier_reruns_that_subjects_stages_only(smoke):
@@ -249,7 +249,8 @@ def test_one_subjects_identifier_reruns_that_subjects_stages_only(smoke):
 
 def test_the_strength_reruns_only_graded_augmentations(smoke):
     repo, _ = smoke
-    assert with_params(repo, **{"aug.strength": 0.5}) == {"augment@dog-classic", "augment@backpack-classic"}
+    assert with_params(repo, **{"aug.strength": 0.5}) == {"augment@dog-classic", "augment@backpack-classic",
+                                                          "report"}  # the paper's settings table prints it
 
 
 def test_settings_that_leave_outputs_unchanged_rerun_nothing(smoke):

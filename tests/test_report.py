@@ -23,6 +23,7 @@ from dreamstudy.report.ablation import strength_figure, write_ablation_report
 from dreamstudy.report.figures import breakdown_figure, dino_vs_clip_t_figure, metrics_figure, samples_figure
 from dreamstudy.report.latex import escape_latex
 from dreamstudy.report.load import RANDOM_INIT_LABEL, RANDOM_MODEL_LABEL, STAT_METRICS
+from dreamstudy.report.multi import sample_grids
 from dreamstudy.report.overfitting import memorization_figure, overfitting_figure
 from dreamstudy.report.plotting import plt
 from dreamstudy.report.published import load_published
@@ -430,12 +431,12 @@ def test_breakdown_figure_bars_are_the_group_means(results):
     assert heights == [0.535, 0.41, 0.66, 0.635, 0.51, 0.76]
 
 
-def test_sample_grid_shows_the_training_photos_first_then_a_column_per_run(results):
+def test_sample_grid_shows_the_training_photos_first_then_a_row_per_run(results):
     figure = samples_figure(results, "backpack", photos(results)["backpack"], n_prompts=2)
     axes = np.array(figure.axes).reshape(2, 3)
-    assert [ax.get_title() for ax in axes[0]] == ["training photo", "lora\nnone", "lora\nclassic"]
-    labels = [ax.get_ylabel().replace("\n", " ") for ax in axes[:, 0]]  # long prompts are wrapped
-    assert labels == ["a sks backpack in the jungle", "a sks backpack in the snow"]
+    titles = [ax.get_title().replace("\n", " ") for ax in axes[0]]  # long prompts are wrapped
+    assert titles == ["training photos", "a sks backpack in the jungle", "a sks backpack in the snow"]
+    assert [ax.get_ylabel() for ax in axes[:, -1]] == ["lora\nnone", "lora\nclassic"]
     assert tuple(axes[1, 0].get_images()[0].get_array()[0, 0]) == (0, 100, 200)  # photo 1: none, prompt 0, image 1
     assert tuple(axes[1, 2].get_images()[0].get_array()[0, 0]) == (40, 0, 50)  # classic, prompt 1, image 0
 
@@ -629,3 +630,25 @@ def test_a_single_value_has_no_interval(tmp_path):
         ci_low=t["ci_low"].mask(t["metric"] == "dino"), ci_high=t["ci_high"].mask(t["metric"] == "dino")))
     tex = main_table(load(root))
     assert re.search(r"^lora & none & 0\.535 & \$0\.735\^", tex, re.MULTILINE), tex
+
+
+def test_multi_sample_grid_shows_both_subjects_photos_first(tmp_path):
+    colours = {"dog": (250, 0, 0), "backpack": (0, 250, 0)}
+    photos = {}
+    for subject, colour in colours.items():
+        photos[subject] = [tmp_path / f"{subject}.png"]
+        Image.new("RGB", (8, 8), colour).save(photos[subject][0])
+    rows = []
+    for variant in ("lora_joint", "lora_sum", "edlora_fusion"):
+        folder = tmp_path / "samples" / variant / "none" / "dog+backpack"
+        folder.mkdir(parents=True)
+        for prompt_index in range(2):
+            Image.new("RGB", (8, 8), (0, 0, 100 * prompt_index)).save(folder / f"p{prompt_index}.png")
+            rows.append({"variant": variant, "pair": "dog+backpack", "prompt_index": prompt_index, "image_index": 0,
+                         "prompt": f"prompt {prompt_index}", "file": f"p{prompt_index}.png"})
+    sample_grids(pd.DataFrame(rows), tmp_path / "samples", photos, tmp_path)
+    assert not plt.get_fignums()  # each grid is saved and closed
+    with Image.open(tmp_path / "samples_dog+backpack.png") as grid:
+        pixels = np.asarray(grid.convert("RGB")).reshape(-1, 3)
+    for colour in colours.values():  # both subjects' photos are drawn
+        assert (np.abs(pixels.astype(int) - colour).sum(axis=1) < 30).any(), colour

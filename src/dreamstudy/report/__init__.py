@@ -31,6 +31,6 @@ def write_report(results: Results, out_dir: str | Path, *, photos: dict[str, lis
         write_figures(results, figures_tmp, photos)
         (figures_tmp / "samples.tex").write_text(figure_list([
             (f"figures/samples_{subject}.pdf", escape_latex(results.caption(
-                f"Samples of {subject}: a training photo, then image 0 of each method and strategy per prompt.")))
+                f"Samples of {subject}: its training photos, then each method and strategy (rows) per prompt.")))
             for subject in results.subjects]))
     return sorted([*(out_dir / "tables").iterdir(), *(out_dir / "figures").iterdir()])

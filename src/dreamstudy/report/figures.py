@@ -23,7 +23,9 @@ from dreamstudy.report.tables import ordered_metrics
 __all__ = ["plt", "save", "sns", "write_figures"]  # plt, save, sns: also the ablation's figures
 
 THUMBNAIL_PX = 256  # a grid cell is ~2 in wide: full-size samples would only bloat the PDFs
-PROMPT_TITLE_WIDTH = 26  # characters per line of a prompt above its column
+PROMPT_TITLE_WIDTH = 20  # characters per line of a prompt above its column
+# A grid of 10 runs is shrunk ~0.4x to fit a page: these sizes print at ~6 pt there
+GRID_FONT = {"title": 14, "label": 15}
 
 
 def write_figures(results: Results, figures_dir: str | Path, photos: dict[str, list[Path]], *,
@@ -102,36 +104,41 @@ def breakdown_figure(results: Results) -> Figure:
 
 
 def samples_figure(results: Results, subject: str, photos: list[Path], n_prompts: int) -> Figure:
-    """The subject's training photos in the first column, as in DreamBooth's figures, so that fidelity is judged
-    at a glance; then a column per (method, strategy); a row per prompt of the first `n_prompts`, image 0."""
+    """As DreamBooth's figures: the subject's training photos in the first column, so that fidelity is judged at
+    a glance, then the first `n_prompts` prompts (columns, image 0 of each) drawn by each (method, strategy)
+    (rows, named on the right). More runs make the grid taller, not wider: it stays readable on a page."""
     samples = results.samples[(results.samples["subject"] == subject) & (results.samples["image_index"] == 0)]
     prompts = samples.drop_duplicates("prompt_index").sort_values("prompt_index").head(n_prompts)
     if prompts.empty:
         raise ResultsError(f"samples.jsonl of subject {subject!r}: no row with image_index 0")
     if not photos:
         raise ResultsError(f"subject {subject!r}: no training photo to show beside its samples")
-    rows = list(prompts[["prompt_index", "prompt"]].itertuples(index=False))
+    columns = list(prompts[["prompt_index", "prompt"]].itertuples(index=False))
     sampled = set(samples[RUN_KEYS].itertuples(index=False, name=None))
     runs = [run for run in results.runs if run in sampled]
-    figure, axes = plt.subplots(len(rows), 1 + len(runs), squeeze=False, layout="constrained",
-                                figsize=(1.6 * (1 + len(runs)) + 1.6, 1.6 * len(rows) + 0.9))
+    figure, axes = plt.subplots(len(runs), 1 + len(columns), squeeze=False, layout="constrained",
+                                figsize=(2 * (1 + len(columns)) + 1.2, 2 * len(runs) + 1))
     for ax in axes.flat:
         ax.set(xticks=[], yticks=[])
-    for row, (prompt_index, prompt) in enumerate(rows):
-        if row < len(photos):  # fewer photos than prompts: the rest of the column stays empty
+    for row, (method, strategy) in enumerate(runs):
+        if row < len(photos):
             axes[row, 0].imshow(thumbnail(photos[row]))
-        axes[row, 0].set_ylabel(textwrap.fill(prompt, PROMPT_TITLE_WIDTH), fontsize=8)
-        for column, (method, strategy) in enumerate(runs, start=1):
+        else:  # fewer photos than runs: the rest of the column is left blank
+            axes[row, 0].axis("off")
+        for column, (prompt_index, _) in enumerate(columns, start=1):
             cell = samples[(samples["method"] == method) & (samples["strategy"] == strategy)
                            & (samples["prompt_index"] == prompt_index)]
             if not cell.empty:  # an unsampled prompt stays an empty frame
                 axes[row, column].imshow(thumbnail(cell["path"].iloc[0]))
-    axes[0, 0].set_title("training photo", fontsize=9)
-    for column, (method, strategy) in enumerate(runs, start=1):
-        axes[0, column].set_title(f"{method}\n{strategy}", fontsize=9)
+        axes[row, -1].yaxis.set_label_position("right")
+        axes[row, -1].set_ylabel(f"{method}\n{strategy}", fontsize=GRID_FONT["label"])
+    axes[0, 0].set_title("training\nphotos", fontsize=GRID_FONT["title"])
+    for column, (_, prompt) in enumerate(columns, start=1):
+        axes[0, column].set_title(textwrap.fill(prompt, PROMPT_TITLE_WIDTH), fontsize=GRID_FONT["title"])
     subject_class = results.per_subject.loc[results.per_subject["subject"] == subject, "class"].iloc[0]
     figure.suptitle(results.caption(f"Samples of {subject} ({subject_class}): its training photos, then image 0 "
-                                    "per prompt (rows) of each method and strategy", sep="\n"))
+                                    "per prompt (columns) of each method and strategy (rows)", sep="\n"),
+                    fontsize=GRID_FONT["title"])
     return figure
 
 

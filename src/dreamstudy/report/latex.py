@@ -1,5 +1,6 @@
-"""Booktabs LaTeX: long tables from a DataFrame (`long_table`, across pages) or from blocks of preformatted rows separated by
-midrules (`booktabs`: ours, real images, published), and the cell formats they share."""
+"""Booktabs LaTeX: long tables from a DataFrame (`long_table`, across pages) or tables from blocks of
+preformatted rows separated by midrules (`booktabs`: ours, real images, published), and the cell formats they
+share."""
 
 from __future__ import annotations
 

@@ -69,6 +69,12 @@ def intervals_and_tests(stats: pd.DataFrame, tests: pd.DataFrame) -> str:
                             if baseline else ""))
 
 
+def where(sections: pd.Series) -> str:
+    """' (section Multiple concept)': where in their source the published rows are, if it says."""
+    named = list(dict.fromkeys(sections.dropna()))
+    return f" (section {'; '.join(named)})" if named else ""
+
+
 def table_latex(stats: pd.DataFrame, tests: pd.DataFrame, notes: list[str], metrics: tuple = FIDELITY) -> str:
     """Every variant's whole-image `metrics`, then the published rows that report any of them (their sources
     cited, their protocols in the caption): tab:multi (FIDELITY) or tab:multi-prompt (PROMPT)."""
@@ -82,13 +88,12 @@ def table_latex(stats: pd.DataFrame, tests: pd.DataFrame, notes: list[str], metr
                + intervals_and_tests(stats, tests)
                + "DINO and CLIP-I: the whole image against each subject's photos, mean and minimum over the two "
                "subjects; CLIP-T: raw cosine to the prompt without identifiers; CLIPScore: 2.5 x max(CLIP-T, 0). "
-               + "Published rows: " + " ".join(f"{'; '.join(rows.variant)} ({'; '.join(rows.section.dropna())}): "
-                                               f"{protocol}." for protocol, rows in published.groupby("protocol",
-                                                                                                   sort=False))
+               + "Published rows: " + " ".join(f"{'; '.join(rows.variant)}{where(rows.section)}: {protocol}."
+                                               for protocol, rows in published.groupby("protocol", sort=False))
                + " " + " ".join(notes))
     header = ["Variant", *(m.label for m in metrics)]
     return booktabs(header, "l" + "r" * len(metrics), [Block(variant_rows(stats, tests, metrics)),
-                                                       Block(cited, "Published")], caption.replace(" ()", "").strip(),
+                                                       Block(cited, "Published")], caption.strip(),
                     "tab:multi" if metrics == FIDELITY else "tab:multi-prompt")
 
 
@@ -163,8 +168,8 @@ def plane_figure(stats: pd.DataFrame, folder: Path, notes: list[str]) -> None:
 
 
 def sample_grids(per_image: pd.DataFrame, samples_root: Path, photos: dict[str, list[Path]], folder: Path) -> None:
-    """Per pair, the two subjects' training photos in the first column (first subject's, then second's, as many
-    rows as there are), then the first image of each prompt (columns) from each variant (rows)."""
+    """Per pair, the two subjects' training photos in the first column (a photo of each in turn, as many rows as
+    there are), then the first image of each prompt (columns) from each variant (rows, named on the right)."""
     first = per_image[per_image["image_index"] == 0]
     for pair, images in first.groupby("pair", sort=True):
         variants = list(dict.fromkeys(images["variant"]))
@@ -185,8 +190,9 @@ def sample_grids(per_image: pd.DataFrame, samples_root: Path, photos: dict[str, 
             ax = axes[variants.index(row.variant)][1 + prompts.index(row.prompt_index)]
             with Image.open(samples_root / row.variant / "none" / pair / row.file) as image:
                 ax.imshow(image.convert("RGB"))
-        for r, variant in enumerate(variants):
-            axes[r][1].set_ylabel(variant, fontsize="small")
+        for r, variant in enumerate(variants):  # on the right: the first column is the photos'
+            axes[r][-1].yaxis.set_label_position("right")
+            axes[r][-1].set_ylabel(variant, fontsize="small")
         axes[0][0].set_title("training photos", fontsize="xx-small")
         for c, index in enumerate(prompts, start=1):
             prompt = images[images["prompt_index"] == index]["prompt"].iloc[0]
