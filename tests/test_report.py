@@ -611,6 +611,10 @@ def test_ablation_report(ablation_results, tmp_path):
     rows = [line for line in tex.splitlines() if line.startswith(("none &", "classic &", "scale &"))]
     assert len(rows) == 5 and sum(row.count("*") for row in rows) == 1  # no other mark
     assert all(label in tex for label in STAT_METRICS.values())
+    numbers = (tmp_path / "paper" / "numbers.tex").read_text()  # what the paper's text prints of the ablation
+    for key, value in {"ablation/best/dino": "0.635", "ablation/best/dino/run": "lora / scale@1.0",
+                       "ablation/method": "lora", "ablation/significant": "1", "ablation/tests": "24"}.items():
+        assert rf"\csname result@{key}\endcsname{{{value}}}" in numbers, key
 
 
 def test_ablation_strength_figure_draws_stats_and_the_baseline(ablation_results):

@@ -104,7 +104,7 @@ def push_runs(repo: Path, remote: str | None = None) -> int:
     returns the runs pushed.
 
     Why not `dvc push --run-cache` alone: DVC 3.67 commits a run's `cache: false` outputs (the study's loss
-    curves and metrics files) to the local cache with the run (stage/cache.py, `_uncached_outs`), but pushes
+    curves and headline metrics) to the local cache with the run (stage/cache.py, `_uncached_outs`), but pushes
     only the outputs in its data index, which leaves those out; a clone that pulls the run cache then cannot
     restore such a stage and runs it again. The run entries name all their outputs, so those are pushed here.
     DVC's Python API has no public call for this: it uses `Repo.stage_cache` and `Repo.cloud`."""

@@ -25,6 +25,7 @@ from dreamstudy.report.latex import MISSING, escape_latex, number
 from dreamstudy.report.load import INTERVAL_METRICS, Results
 from dreamstudy.report.tables import span
 
+REAL_WEIGHTS = "Pretrained model and encoder weights; DreamBench's sampling protocol."  # when nothing is labelled
 HEADER = ("% Written by the report stage from results/ (and params.yaml where it says so): the numbers of "
           "paper/main.tex's prose. Do not edit.\n")
 
@@ -56,21 +57,20 @@ def run_name(run: tuple[str, str] | None) -> str:
 
 def change_range(stats: pd.DataFrame, metrics: Iterable[str], key: str) -> dict[str, str]:
     """Per metric, the smallest and largest change of a run's mean against `none` of the same method
-    (`{key}/change/{metric}/min|max`); none without a baseline run."""
+    (`{key}/change/{metric}/min|max`); -- without a baseline run to compare with."""
     means = stats.set_index(["method", "strategy", "metric"])["mean"]
     entries = {}
     for metric in metrics:
         changes = [means[(m, s, metric)] - means[(m, BASELINE, metric)]
                    for m, s, k in means.index if k == metric and s != BASELINE and (m, BASELINE, metric) in means]
-        if changes:
-            entries |= {f"{key}/change/{metric}/min": signed(min(changes)),
-                        f"{key}/change/{metric}/max": signed(max(changes))}
+        low, high = (min(changes), max(changes)) if changes else (float("nan"), float("nan"))
+        entries |= {f"{key}/change/{metric}/min": signed(low), f"{key}/change/{metric}/max": signed(high)}
     return entries
 
 
 def significance(tests: pd.DataFrame, key: str) -> dict[str, str]:
     """How many tests against `none` ran, and how many found a difference."""
-    ran = tests[tests["p_value"].notna()] if "p_value" in tests else tests
+    ran = tests[tests["p_value"].notna()]  # NaN: too few subjects or pairs to test
     return {f"{key}/tests": str(len(ran)), f"{key}/significant": str(int(ran["significant"].astype(bool).sum()))}
 
 
@@ -108,7 +108,7 @@ def study_numbers(results: Results, key: str) -> dict[str, str]:
         f"{key}/ci": escape_latex(results.ci_label),
         f"{key}/alpha": "--" if results.alpha is None else f"{results.alpha:g}",
         f"{key}/memorization-threshold": f"{results.memorization_threshold:g}",
-        f"{key}/labels": escape_latex(results.caption("").strip()),
+        f"{key}/labels": escape_latex(results.caption("").strip() or REAL_WEIGHTS),
     }
     entries |= {f"{key}/real/{metric.name}": number(results.real_images[metric.name].mean())
                 for metric in INTERVAL_METRICS if metric.real_images}
