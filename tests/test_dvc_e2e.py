@@ -133,6 +133,8 @@ def test_the_paper_prints_every_headline_number_and_the_random_weights_label(smo
     repo, _ = smoke
     text = pdf_text(repo / "paper/main.pdf")
     summary = json.loads((repo / "results/metrics/summary.json").read_text())
+    for metric, value in summary.pop("real_images").items():  # the upper bound, in the table and the prose
+        assert f"{value:.3f}" in text, ("real_images", metric)
     for method, strategies in summary.items():
         for strategy, means in strategies.items():
             for metric in ("dino", "clip_i", "clip_t"):
