@@ -60,10 +60,11 @@ PROTOCOL = {"scheduler": "ddim", "num_inference_steps": 50}  # DreamBench's samp
 
 
 def make_results(root: Path, pretrained: bool = False, strategies: list[str] = STRATEGIES, model: str = SD15,
-                 confidence: float = CONFIDENCE, alpha: float = ALPHA, sampling: dict = PROTOCOL) -> Path:
+                 confidence: float = CONFIDENCE, alpha: float = ALPHA, sampling: dict = PROTOCOL,
+                 method: str = "lora") -> Path:
     """A results/ tree as the sample and gather stages write it; `sampling`: the samples' scheduler and
     num_inference_steps, or a function of (strategy, subject) that gives them."""
-    per_image = make_samples(root, strategies, model, sampling)
+    per_image = make_samples(root, strategies, model, sampling, method)
     metrics = root / "metrics"
     metrics.mkdir()
     per_image.to_csv(metrics / "per_image.csv", index=False)
@@ -84,7 +85,7 @@ def make_results(root: Path, pretrained: bool = False, strategies: list[str] = S
         columns={"count": "n_subjects"})
     stats.to_csv(metrics / "stats.csv", index=False)
     if "none" in strategies:  # the evaluate stage tests only against a `none` in the grid
-        pd.DataFrame([{"method": "lora", "strategy": "classic", "baseline": "none", "metric": metric,
+        pd.DataFrame([{"method": method, "strategy": strategies[-1], "baseline": "none", "metric": metric,
                        "mean_diff": 0.1 if metric == "dino" else 0.0, "p_value": 0.01 if metric == "dino" else 0.5,
                        "test": "wilcoxon", "n_subjects": 2, "significant": metric == "dino", "alpha": alpha}
                       for metric in STAT_METRICS]).to_csv(metrics / "tests.csv", index=False)
@@ -96,18 +97,18 @@ def make_results(root: Path, pretrained: bool = False, strategies: list[str] = S
     ]).melt(id_vars=["method", "strategy", "by", "group"], value_vars=["dino", "clip_i", "clip_t", "memorized"],
             var_name="metric").groupby(["method", "strategy", "by", "group", "metric"], sort=False)["value"].mean()
     breakdown.reset_index().to_csv(metrics / "breakdown.csv", index=False)
-    write_json(metrics / "summary.json", {"lora": {s: {"dino": 0.0, "n_images": 12} for s in strategies}})
+    write_json(metrics / "summary.json", {method: {s: {"dino": 0.0, "n_images": 12} for s in strategies}})
     write_json(metrics / "encoders.json", {"pretrained": pretrained, "clip": "ViT-B-32 (openai)",
                                            "dino": "dino_vits16", "lpips": "alex (random backbone)"})
     return root
 
 
-def make_samples(root: Path, strategies: list[str], model: str, sampling) -> pd.DataFrame:
+def make_samples(root: Path, strategies: list[str], model: str, sampling, method: str) -> pd.DataFrame:
     """Sample folders with samples.jsonl and 8 px PNGs; returns per_image.csv's rows."""
     rows = []
     for strategy in strategies:
         for subject, subject_class in SUBJECTS.items():
-            folder = root / "samples" / "lora" / strategy / subject
+            folder = root / "samples" / method / strategy / subject
             folder.mkdir(parents=True)
             samples = []
             for prompt_index, template in enumerate(PROMPTS):
@@ -115,7 +116,7 @@ def make_samples(root: Path, strategies: list[str], model: str, sampling) -> pd.
                     file = f"{prompt_index:02d}_{image_index}.png"
                     color = (40 * prompt_index, 100 * image_index, 200 if strategy == "none" else 50)
                     Image.new("RGB", (8, 8), color).save(folder / file)
-                    sample = {"subject": subject, "class": subject_class, "method": "lora", "strategy": strategy,
+                    sample = {"subject": subject, "class": subject_class, "method": method, "strategy": strategy,
                               "prompt_index": prompt_index, "prompt_kind": "recontextualization",
                               "prompt": template.format(subject_class), "identifier": "sks",
                               "image_index": image_index, "seed": 7, "file": file, "model": model,

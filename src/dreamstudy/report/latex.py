@@ -45,7 +45,7 @@ class Block:
 def booktabs(header: list[str], align: str, blocks: list[Block], caption: str, label: str) -> str:
     """A booktabs table whose non-empty blocks are separated by midrules. Cells are LaTeX already; header,
     titles and caption are plain text, escaped here."""
-    lines = [r"\begin{table}", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",  # fits 6-8 columns of CIs
+    lines = [r"\begin{table}", r"\centering", r"\small", r"\setlength{\tabcolsep}{3pt}",  # 6 columns of CIs fit
              rf"\caption{{{escape_latex(caption)}}}", rf"\label{{{label}}}",
              rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(map(escape_latex, header)) + r" \\"]
     for block in (b for b in blocks if b.rows):
