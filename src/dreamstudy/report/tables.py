@@ -1,9 +1,10 @@
 """LaTeX (booktabs) tables of the study: one .tex per table, each with \\caption and \\label.
 
 main.tex: DINO, CLIP-I, CLIP-T per run (mean and CI, * = significant against `none`), the real-images
-upper bound, and published numbers in their own block; overfitting.tex: DIV, PRES, PRES of the base model and
-the memorized share, with DreamBooth's prior-preservation ablation; breakdown.tex: scores by prompt kind and
-live vs object; per_subject.tex: every subject's scores.
+upper bound, and published numbers in their own block, each citing its paper and table; overfitting.tex: DIV,
+PRES, PRES of the base model and the memorized share, with DreamBooth's prior-preservation ablation;
+breakdown.tex: scores by prompt kind and live vs object; per_subject.tex: every subject's scores (a long table);
+settings.tex: each method's training settings (from params.yaml).
 """
 
 from __future__ import annotations
