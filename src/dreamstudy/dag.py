@@ -161,7 +161,7 @@ KINDS = {
                          items=SAMPLE_LABELS),
     "evaluate_multi": Kind(("pair", "variant"), _evaluate_multi, studies=("multi",)),
     "gather_multi": Kind((), _gather_multi, studies=("multi",)),
-    "report_multi": Kind((), lambda p, study, item: [], studies=("multi",)),  # from results/multi/ alone
+    "report_multi": Kind((), lambda p, study, item: [], studies=("multi",)),  # results/multi/ and photos only
     "paper": Kind((), lambda p, study, item: [], studies=("main",)),  # compiles what the reports wrote
 }
 ITEMS = {"method": METHODS, "strategy": STRATEGIES, "variant": SAMPLE_LABELS, None: (None,)}

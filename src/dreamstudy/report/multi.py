@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from dreamstudy.io import atomic_dir
 from dreamstudy.layout import key_subjects
@@ -26,6 +25,7 @@ from dreamstudy.metrics.registry import (
 )
 from dreamstudy.metrics.scores import ENCODERS
 from dreamstudy.models.loading import RANDOM_MODELS
+from dreamstudy.report.figures import thumbnail
 from dreamstudy.report.latex import MISSING, Block, booktabs, escape_latex, estimate, number
 from dreamstudy.report.load import RANDOM_INIT_LABEL, RANDOM_MODEL_LABEL
 from dreamstudy.report.paper import best, figure_list, significance, write_numbers
@@ -183,13 +183,11 @@ def sample_grids(per_image: pd.DataFrame, samples_root: Path, photos: dict[str, 
         for r in range(len(variants)):  # alternate the subjects: a photo of each, then the next of each
             subject, k = subjects[r % 2], r // 2
             if k < len(photos[subject]):
-                with Image.open(photos[subject][k]) as image:
-                    axes[r][0].imshow(image.convert("RGB"))
+                axes[r][0].imshow(thumbnail(photos[subject][k]))  # photos are up to 2048 px: not into the PDF
                 axes[r][0].set_xlabel(subject, fontsize="x-small")
         for row in images.itertuples():
             ax = axes[variants.index(row.variant)][1 + prompts.index(row.prompt_index)]
-            with Image.open(samples_root / row.variant / "none" / pair / row.file) as image:
-                ax.imshow(image.convert("RGB"))
+            ax.imshow(thumbnail(samples_root / row.variant / "none" / pair / row.file))
         for r, variant in enumerate(variants):  # on the right: the first column is the photos'
             axes[r][-1].yaxis.set_label_position("right")
             axes[r][-1].set_ylabel(variant, fontsize="small")
